@@ -1,0 +1,8 @@
+"""Shared pytest configuration: real services are started by fixture plugins, one module per service."""
+
+pytest_plugins = [
+    "tests.fixtures.seaweedfs",
+    "tests.fixtures.postgres",
+    "tests.fixtures.oidc",
+    "tests.fixtures.catalog",
+]

@@ -1,0 +1,226 @@
+"""The loader turns images/ into typed specs and refuses bad definitions, naming the file and field."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import yaml
+
+from thinkube_pipelines.images import ImageDefinitionError, load_image_definitions
+
+REPO = Path(__file__).resolve().parents[1]
+DIGEST = "sha256:" + "a" * 64
+
+
+def write_image(root: Path, folder: str, requirements: str = "jupyterlab==4.2.5\n", **fields) -> Path:
+    """Write one image folder; `fields` override a valid image.yaml (None deletes the field)."""
+    spec = {
+        "name": folder,
+        "display_name": folder.title(),
+        "description": f"The {folder} image",
+        "gpu_required": False,
+        "cpu_limit": 2,
+        "mem_limit": "4G",
+    }
+    if "parent" not in fields:
+        spec["base"] = {"image": f"docker.io/library/python@{DIGEST}", "python": "3.11"}
+    spec.update(fields)
+    spec = {k: v for k, v in spec.items() if v is not None}
+    path = root / folder
+    path.mkdir(parents=True)
+    (path / "image.yaml").write_text(yaml.safe_dump(spec))
+    (path / "requirements.txt").write_text(requirements)
+    arg = "PARENT_IMAGE" if spec.get("parent") else "BASE_IMAGE"
+    (path / "Dockerfile").write_text(f"ARG {arg}\nFROM ${{{arg}}}\n")
+    return path
+
+
+def problems_of(images_dir: Path) -> list[str]:
+    with pytest.raises(ImageDefinitionError) as caught:
+        load_image_definitions(images_dir)
+    return [str(p) for p in caught.value.problems]
+
+
+def test_repository_images_load_with_parents_first():
+    images = load_image_definitions(REPO / "images")
+    names = images.names
+    assert {"jupyter-ml-cpu", "jupyter-ml-gpu", "jupyter-agent-dev", "jupyter-fine-tuning"} <= set(names)
+    for d in images:
+        if d.spec.parent:
+            assert names.index(d.spec.parent) < names.index(d.name)
+        assert images.root(d.name).spec.base is not None
+    gpu_pins = {p.name: p.version for p in images.full_requirements("jupyter-ml-gpu")}
+    assert gpu_pins["torch"] == "2.4.1"
+    assert gpu_pins["jupyterlab"] == "4.2.5"
+    assert [d.name for d in images if d.spec.default] == ["jupyter-ml-cpu"]
+
+
+def test_chain_helpers(tmp_path):
+    write_image(tmp_path, "base-img")
+    write_image(tmp_path, "mid", parent="base-img", requirements="torch==2.4.1\n")
+    write_image(tmp_path, "leaf", parent="mid", requirements="peft==0.12.0\n")
+    images = load_image_definitions(tmp_path)
+    assert images.names == ["base-img", "mid", "leaf"]
+    assert [d.name for d in images.ancestors("leaf")] == ["mid", "base-img"]
+    assert [d.name for d in images.descendants("base-img")] == ["mid", "leaf"]
+    assert [p.name for p in images.full_requirements("leaf")] == ["jupyterlab", "torch", "peft"]
+
+
+def test_missing_field_names_file_and_field(tmp_path):
+    write_image(tmp_path, "img", display_name=None)
+    [problem] = problems_of(tmp_path)
+    assert str(tmp_path / "img" / "image.yaml") in problem
+    assert "display_name" in problem and "Field required" in problem
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("gpu_required", "yes"),
+        ("cpu_limit", "8"),
+        ("mem_limit", "32 gigs"),
+        ("tags", "gpu"),
+        ("cpu_limit", 0),
+    ],
+)
+def test_mistyped_field_is_named(tmp_path, field, value):
+    write_image(tmp_path, "img", **{field: value})
+    [problem] = problems_of(tmp_path)
+    assert f"image.yaml: {field}" in problem
+
+
+def test_unknown_field_is_refused(tmp_path):
+    write_image(tmp_path, "img", gpu=True)
+    [problem] = problems_of(tmp_path)
+    assert "image.yaml: gpu: Extra inputs are not permitted" in problem
+
+
+def test_unknown_parent(tmp_path):
+    write_image(tmp_path, "img", parent="nowhere")
+    [problem] = problems_of(tmp_path)
+    assert "img/image.yaml: parent: 'nowhere' is not an image in images/" in problem
+
+
+def test_cycle_is_reported_once_with_its_path(tmp_path):
+    write_image(tmp_path, "a", parent="b")
+    write_image(tmp_path, "b", parent="a")
+    [problem] = problems_of(tmp_path)
+    assert "parent: cycle: a -> b -> a" in problem
+
+
+def test_base_must_be_pinned_by_digest(tmp_path):
+    write_image(tmp_path, "img", base={"image": "docker.io/library/python:3.11", "python": "3.11"})
+    [problem] = problems_of(tmp_path)
+    assert "image.yaml: base.image" in problem
+
+
+def test_root_and_parent_are_exclusive(tmp_path):
+    write_image(tmp_path, "p")
+    write_image(tmp_path, "img", parent="p", base={"image": f"x@{DIGEST}", "python": "3.11"})
+    [problem] = problems_of(tmp_path)
+    assert "exactly one of 'parent'" in problem
+
+
+@pytest.mark.parametrize("line", ["numpy>=1.26", "numpy", "numpy==1.*", "numpy==1.26,<2", "-r other.txt"])
+def test_unpinned_requirement_names_file_and_line(tmp_path, line):
+    write_image(tmp_path, "img", requirements=f"jupyterlab==4.2.5\n# comment\n{line}\n")
+    [problem] = problems_of(tmp_path)
+    assert f"{tmp_path / 'img' / 'requirements.txt'}: line 3:" in problem
+
+
+def test_pins_with_extras_markers_and_comments_are_accepted(tmp_path):
+    reqs = "uvicorn[standard]==0.30.6  # server\npywin32==306; sys_platform == 'win32'\n\n"
+    write_image(tmp_path, "img", requirements=reqs)
+    [img] = load_image_definitions(tmp_path)
+    assert [(p.name, p.version) for p in img.requirements] == [("uvicorn", "0.30.6"), ("pywin32", "306")]
+
+
+def test_child_repinning_a_parent_package_differently(tmp_path):
+    write_image(tmp_path, "p", requirements="torch==2.4.1\n")
+    write_image(tmp_path, "c", parent="p", requirements="Torch==2.5.0\n")
+    [problem] = problems_of(tmp_path)
+    assert (
+        "c/requirements.txt: line 1: Torch==2.5.0 conflicts with torch==2.4.1 pinned by parent image 'p'"
+        in (problem)
+    )
+
+
+@pytest.mark.parametrize("name", ["Jupyter", "-img", "img_", "img/sub", "a" * 129])
+def test_invalid_oci_name(tmp_path, name):
+    write_image(tmp_path, "img", name=name)
+    [problem] = problems_of(tmp_path)
+    assert "image.yaml: name" in problem
+
+
+def test_duplicate_name_names_both_files(tmp_path):
+    write_image(tmp_path, "one", name="same")
+    write_image(tmp_path, "two", name="same")
+    [problem] = problems_of(tmp_path)
+    assert str(tmp_path / "two" / "image.yaml") in problem
+    assert f"already defined in {tmp_path / 'one' / 'image.yaml'}" in problem
+
+
+def test_dockerfile_must_take_its_from_from_the_builder(tmp_path):
+    path = write_image(tmp_path, "img")
+    (path / "Dockerfile").write_text("FROM python:3.11\n")
+    [problem] = problems_of(tmp_path)
+    assert "img/Dockerfile: FROM: must build FROM ${BASE_IMAGE}" in problem
+
+
+def test_missing_files_and_all_problems_reported_together(tmp_path):
+    (tmp_path / "empty").mkdir()
+    write_image(tmp_path, "img", gpu_required="no")
+    problems = problems_of(tmp_path)
+    assert len(problems) == 4
+    assert any("empty/image.yaml: missing" in p for p in problems)
+    assert any("empty/Dockerfile: missing" in p for p in problems)
+    assert any("img/image.yaml: gpu_required" in p for p in problems)
+
+
+def test_no_image_name_is_written_in_python_code():
+    names = load_image_definitions(REPO / "images").names
+    offenders = [
+        f"{path.relative_to(REPO)}: {name}"
+        for path in (REPO / "thinkube_pipelines").rglob("*.py")
+        for name in names
+        if name in path.read_text(encoding="utf-8")
+    ]
+    assert offenders == []
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    exe = Path(sys.executable).parent / "thinkube-pipelines"
+    return subprocess.run([str(exe), *args], capture_output=True, text=True, cwd=REPO, check=False)
+
+
+def test_cli_check_prints_each_image_with_its_parent():
+    result = run_cli("images", "check")
+    assert result.returncode == 0, result.stderr
+    lines = {line.split()[0]: line for line in result.stdout.splitlines()}
+    assert "parent jupyter-ml-gpu" in lines["jupyter-fine-tuning"]
+    assert "[gpu]" in lines["jupyter-ml-gpu"]
+    assert result.stdout.rstrip().endswith("image(s) OK")
+
+
+def test_cli_check_exits_1_naming_file_and_field(tmp_path):
+    write_image(tmp_path, "img", requirements="torch>=2\n")
+    result = run_cli("images", "check", str(tmp_path))
+    assert result.returncode == 1
+    assert f"{tmp_path / 'img' / 'requirements.txt'}: line 1: 'torch>=2' is not pinned" in result.stderr
+    assert result.stdout == ""
+
+
+def test_cli_check_missing_folder(tmp_path):
+    result = run_cli("images", "check", str(tmp_path / "nope"))
+    assert result.returncode == 1
+    assert "images folder does not exist" in result.stderr
+
+
+def test_cli_usage_error_is_argparse_style():
+    result = run_cli("images")
+    assert result.returncode == 2
+    assert textwrap.dedent("usage: thinkube-pipelines images") in result.stderr

@@ -1,0 +1,90 @@
+"""Settings of the catalog service, read from the environment.
+
+The defaults run locally (a SQLite file, no writer). Writes are never open by default: without a service
+token or an OIDC issuer the service refuses every write.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
+DATABASE_URL_ENV = "THINKUBE_CATALOG_DATABASE_URL"
+DEFAULT_DATABASE_URL = f"sqlite:///{Path('.state') / 'catalog.db'}"
+
+
+class CatalogSettings(BaseSettings):
+    """Everything the catalog service reads from its environment."""
+
+    model_config = SettingsConfigDict(validate_by_name=True, validate_by_alias=True, extra="ignore")
+
+    database_url: str = Field(
+        DEFAULT_DATABASE_URL,
+        validation_alias=DATABASE_URL_ENV,
+        description=(
+            "SQLAlchemy URL of the catalog database: sqlite:///path/to/catalog.db or "
+            "postgresql+psycopg://user:password@host/db (postgresql:// means psycopg 3). "
+            "Default: a SQLite file at ./.state/catalog.db (its folder is created)."
+        ),
+    )
+    token: SecretStr | None = Field(
+        None,
+        validation_alias="THINKUBE_CATALOG_TOKEN",
+        description="Service token that may write to the catalog (sent as `Authorization: Bearer`).",
+    )
+    oidc_issuer: str | None = Field(
+        None,
+        validation_alias="THINKUBE_OIDC_ISSUER",
+        description=(
+            "Keycloak realm URL (e.g. https://auth.example.org/realms/thinkube) whose JWT access tokens "
+            "may write, given the writer role. Its discovery document names the signing keys."
+        ),
+    )
+    oidc_audience: str | None = Field(
+        None,
+        validation_alias="THINKUBE_OIDC_AUDIENCE",
+        description="When set, access tokens must carry this value in `aud`.",
+    )
+    writer_role: str = Field(
+        "image-writer",
+        min_length=1,
+        validation_alias="THINKUBE_CATALOG_WRITER_ROLE",
+        description=(
+            "Role an OIDC token needs to write, looked up in Keycloak's `realm_access.roles` and in "
+            "every client's `resource_access.<client>.roles`."
+        ),
+    )
+
+    @field_validator("database_url")
+    @classmethod
+    def _parsable_url(cls, value: str) -> str:
+        try:
+            url = make_url(value)
+        except ArgumentError:
+            # The message must not echo the value: it may hold a password.
+            raise ValueError("is not a database URL (expected e.g. sqlite:///catalog.db)") from None
+        if url.get_backend_name() not in ("sqlite", "postgresql"):
+            raise ValueError(
+                f"names a {url.get_backend_name()} database; the catalog runs on sqlite or postgresql"
+            )
+        # Bare postgresql:// would pick psycopg2; the catalog is written for psycopg 3.
+        if url.drivername in ("postgresql", "postgres"):
+            url = url.set(drivername="postgresql+psycopg")
+        return url.render_as_string(hide_password=False)
+
+    @field_validator("token", "oidc_issuer", "oidc_audience", mode="before")
+    @classmethod
+    def _blank_is_unset(cls, value: object) -> object:
+        # An exported-but-empty variable must not become an empty (and thus guessable) token.
+        if isinstance(value, str) and not value.strip():
+            return None
+        return value
+
+    @property
+    def has_writer(self) -> bool:
+        """Whether any source of write credentials is configured."""
+        return self.token is not None or self.oidc_issuer is not None

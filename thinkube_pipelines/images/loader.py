@@ -1,0 +1,156 @@
+"""Loading images/ into an ImageSet: every problem is reported with the file and field at fault."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import yaml
+from pydantic import ValidationError
+
+from thinkube_pipelines.images.requirements import parse_pinned_requirements
+from thinkube_pipelines.images.spec import (
+    BASE_IMAGE_ARG,
+    DOCKERFILE,
+    IMAGE_YAML,
+    PARENT_IMAGE_ARG,
+    REQUIREMENTS,
+    ImageDefinition,
+    ImageDefinitionError,
+    ImageSet,
+    ImageSpec,
+    Problem,
+)
+
+
+def load_image_definitions(images_dir: Path | str) -> ImageSet:
+    """Load every image folder under `images_dir`, parents ordered before children.
+
+    Raises ImageDefinitionError listing all problems at once, so an operator fixes them in one pass.
+    """
+    images_dir = Path(images_dir)
+    if not images_dir.is_dir():
+        raise ImageDefinitionError([Problem(images_dir, "", "images folder does not exist")])
+    problems: list[Problem] = []
+    loaded: list[ImageDefinition] = []
+    for folder in sorted(p for p in images_dir.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        definition = _load_folder(folder, problems)
+        if definition is not None:
+            loaded.append(definition)
+    if not loaded and not problems:
+        problems.append(Problem(images_dir, "", f"no image folders (each needs an {IMAGE_YAML})"))
+    by_name = _reject_duplicates(loaded, problems)
+    _check_parents(by_name, problems)
+    ordered = _parents_first(by_name, problems)
+    if not problems:
+        _check_pins_agree_with_ancestors(ImageSet(tuple(ordered)), problems)
+    if problems:
+        raise ImageDefinitionError(problems)
+    return ImageSet(tuple(ordered))
+
+
+def _load_folder(folder: Path, problems: list[Problem]) -> ImageDefinition | None:
+    spec_path = folder / IMAGE_YAML
+    missing = [n for n in (IMAGE_YAML, DOCKERFILE, REQUIREMENTS) if not (folder / n).is_file()]
+    for name in missing:
+        problems.append(Problem(folder / name, "", "missing: every image folder needs it"))
+    if IMAGE_YAML in missing:
+        return None
+    try:
+        raw = yaml.safe_load(spec_path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        problems.append(Problem(spec_path, "", f"not valid YAML: {exc}"))
+        return None
+    if not isinstance(raw, dict):
+        problems.append(Problem(spec_path, "", "must be a mapping of fields"))
+        return None
+    try:
+        spec = ImageSpec.model_validate(raw)
+    except ValidationError as exc:
+        for err in exc.errors():
+            where = ".".join(str(p) for p in err["loc"]) or "(document)"
+            problems.append(Problem(spec_path, where, err["msg"]))
+        return None
+    if missing:
+        return None
+    pins, pin_problems = parse_pinned_requirements(folder / REQUIREMENTS)
+    problems.extend(pin_problems)
+    _check_dockerfile(folder / DOCKERFILE, spec, problems)
+    return ImageDefinition(spec=spec, folder=folder, requirements=pins)
+
+
+def _check_dockerfile(path: Path, spec: ImageSpec, problems: list[Problem]) -> None:
+    """The builder passes FROM through one build argument; a Dockerfile that ignores it would build
+    something other than what image.yaml says."""
+    arg = PARENT_IMAGE_ARG if spec.parent else BASE_IMAGE_ARG
+    text = path.read_text(encoding="utf-8")
+    if not re.search(rf"^\s*FROM\s+\$\{{?{arg}\}}?(\s|$)", text, re.MULTILINE | re.IGNORECASE):
+        kind = f"parent '{spec.parent}'" if spec.parent else "pinned base"
+        problems.append(Problem(path, "FROM", f"must build FROM ${{{arg}}} (the {kind} the builder passes)"))
+
+
+def _reject_duplicates(loaded: list[ImageDefinition], problems: list[Problem]) -> dict[str, ImageDefinition]:
+    by_name: dict[str, ImageDefinition] = {}
+    for d in loaded:
+        if d.name in by_name:
+            first = by_name[d.name].folder / IMAGE_YAML
+            problems.append(
+                Problem(d.folder / IMAGE_YAML, "name", f"'{d.name}' is already defined in {first}")
+            )
+            continue
+        by_name[d.name] = d
+    return by_name
+
+
+def _check_parents(by_name: dict[str, ImageDefinition], problems: list[Problem]) -> None:
+    for d in by_name.values():
+        if d.spec.parent is not None and d.spec.parent not in by_name:
+            problems.append(
+                Problem(d.folder / IMAGE_YAML, "parent", f"'{d.spec.parent}' is not an image in images/")
+            )
+
+
+def _parents_first(by_name: dict[str, ImageDefinition], problems: list[Problem]) -> list[ImageDefinition]:
+    """Order images so each parent precedes its children; report each cycle once."""
+    ordered: list[ImageDefinition] = []
+    state: dict[str, str] = {}  # name -> "visiting" | "done"
+    reported: set[frozenset[str]] = set()
+
+    def visit(name: str, path: list[str]) -> None:
+        if state.get(name) == "done":
+            return
+        if state.get(name) == "visiting":
+            cycle = [*path[path.index(name) :], name]
+            if frozenset(cycle) not in reported:
+                reported.add(frozenset(cycle))
+                d = by_name[name]
+                problems.append(Problem(d.folder / IMAGE_YAML, "parent", f"cycle: {' -> '.join(cycle)}"))
+            return
+        state[name] = "visiting"
+        parent = by_name[name].spec.parent
+        if parent in by_name:
+            visit(parent, [*path, name])
+        state[name] = "done"
+        ordered.append(by_name[name])
+
+    for name in sorted(by_name):
+        visit(name, [])
+    return ordered
+
+
+def _check_pins_agree_with_ancestors(images: ImageSet, problems: list[Problem]) -> None:
+    """A child re-pinning a package its parent already pins to another version would silently replace
+    the parent's; report it where it is written."""
+    for d in images:
+        inherited = {p.key: (p, a) for a in images.ancestors(d.name) for p in a.requirements}
+        for pin in d.requirements:
+            if pin.key in inherited and inherited[pin.key][0].version != pin.version:
+                theirs, owner = inherited[pin.key]
+                problems.append(
+                    Problem(
+                        d.requirements_file,
+                        f"line {pin.lineno}",
+                        f"{pin.name}=={pin.version} conflicts with {theirs.name}=={theirs.version} "
+                        f"pinned by parent image '{owner.name}'",
+                    )
+                )
