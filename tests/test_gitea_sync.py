@@ -1,0 +1,254 @@
+"""gitea-sync (shipped in jupyter-base) against a real git remote served by `git daemon` on loopback."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parent.parent / "images" / "jupyter-base" / "gitea-sync"
+USER = "alice"
+REPO = "analysis"
+
+
+@dataclass(frozen=True)
+class GitRemote:
+    url: str  # what GITEA_URL holds
+    base: Path  # --base-path of the daemon: <base>/<user>/<repo>.git
+    env: dict[str, str]  # HOME and git identity, isolated from the developer's own config
+
+
+def _git(env: dict[str, str], *args: str, cwd: Path | None = None) -> str:
+    done = subprocess.run(
+        ["git", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, f"git {' '.join(args)} failed:\n{done.stdout}\n{done.stderr}"
+    return done.stdout
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_for_port(port: int, proc: subprocess.Popen, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"git daemon exited with status {proc.returncode}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"git daemon did not listen on 127.0.0.1:{port} within {timeout} s")
+
+
+@pytest.fixture
+def remote(tmp_path: Path) -> Iterator[GitRemote]:
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "HOME": str(home),
+        "LANG": "C.UTF-8",
+        "GIT_CONFIG_NOSYSTEM": "1",
+        "GIT_AUTHOR_NAME": "Test Author",
+        "GIT_AUTHOR_EMAIL": "author@example.org",
+        "GIT_COMMITTER_NAME": "Test Author",
+        "GIT_COMMITTER_EMAIL": "author@example.org",
+    }
+    base = tmp_path / "srv"
+    bare = base / USER / f"{REPO}.git"
+    bare.parent.mkdir(parents=True)
+    _git(env, "init", "--bare", "--initial-branch=main", str(bare))
+
+    seed = tmp_path / "seed"
+    _git(env, "init", "--initial-branch=main", str(seed))
+    (seed / "README.md").write_text("# analysis\n")
+    _git(env, "add", "README.md", cwd=seed)
+    _git(env, "commit", "-m", "first", cwd=seed)
+    _git(env, "push", str(bare), "main", cwd=seed)
+
+    port = _free_port()
+    daemon = subprocess.Popen(
+        [
+            "git",
+            "daemon",
+            "--reuseaddr",
+            "--export-all",
+            f"--base-path={base}",
+            "--listen=127.0.0.1",
+            f"--port={port}",
+            "--informative-errors",
+            str(base),
+        ],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        _wait_for_port(port, daemon)
+        yield GitRemote(url=f"git://127.0.0.1:{port}", base=base, env=env)
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        try:
+            daemon.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            daemon.kill()
+            daemon.wait(timeout=10)
+
+
+def _sync(env: dict[str, str], *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(SCRIPT), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=60, check=False
+    )
+
+
+def _sync_env(remote: GitRemote, notebooks: Path, **extra: str) -> dict[str, str]:
+    env = dict(remote.env, GITEA_URL=remote.url, GITEA_USER=USER, NOTEBOOKS_DIR=str(notebooks))
+    env.update(extra)
+    return env
+
+
+def _push_new_commit(remote: GitRemote, tmp_path: Path, name: str, text: str) -> None:
+    work = tmp_path / f"pusher-{name}"
+    _git(remote.env, "clone", str(remote.base / USER / f"{REPO}.git"), str(work))
+    (work / name).write_text(text)
+    _git(remote.env, "add", name, cwd=work)
+    _git(remote.env, "commit", "-m", f"add {name}", cwd=work)
+    _git(remote.env, "push", "origin", "main", cwd=work)
+
+
+def test_script_is_executable_bash_with_strict_mode():
+    text = SCRIPT.read_text()
+    assert os.access(SCRIPT, os.X_OK), f"{SCRIPT} is not executable"
+    assert text.startswith("#!/usr/bin/env bash\n") or text.startswith("#!/bin/bash\n")
+    assert "set -euo pipefail" in text
+
+
+def test_help_prints_usage(tmp_path: Path):
+    for flag in ("-h", "--help"):
+        done = _sync({"PATH": os.environ["PATH"], "HOME": str(tmp_path)}, flag)
+        assert done.returncode == 0, done.stderr
+        assert "Usage: gitea-sync <repo-name>" in done.stdout
+        assert "GITEA_URL" in done.stdout
+
+
+def test_clones_then_pulls_new_commits(remote: GitRemote, tmp_path: Path):
+    notebooks = tmp_path / "notebooks"
+    env = _sync_env(remote, notebooks)
+
+    first = _sync(env, REPO)
+    assert first.returncode == 0, first.stderr
+    checkout = notebooks / REPO
+    assert (checkout / "README.md").read_text() == "# analysis\n"
+    assert (checkout / ".git").is_dir()
+    origin = _git(remote.env, "remote", "get-url", "origin", cwd=checkout).strip()
+    assert origin == f"{remote.url}/{USER}/{REPO}.git"
+
+    _push_new_commit(remote, tmp_path, "results.txt", "42\n")
+    assert not (checkout / "results.txt").exists()
+
+    second = _sync(env, REPO)
+    assert second.returncode == 0, second.stderr
+    assert (checkout / "results.txt").read_text() == "42\n"
+    assert "pulling" in second.stdout
+
+
+def test_defaults_owner_to_jupyterhub_user_and_dir_to_home_notebooks(remote: GitRemote, tmp_path: Path):
+    env = dict(remote.env, GITEA_URL=remote.url + "/", JUPYTERHUB_USER=USER)
+    done = _sync(env, f"{REPO}.git")
+    assert done.returncode == 0, done.stderr
+    assert (Path(remote.env["HOME"]) / "notebooks" / REPO / "README.md").is_file()
+
+
+def test_diverged_checkout_is_left_alone_with_a_clear_message(remote: GitRemote, tmp_path: Path):
+    notebooks = tmp_path / "notebooks"
+    env = _sync_env(remote, notebooks)
+    assert _sync(env, REPO).returncode == 0
+    checkout = notebooks / REPO
+    (checkout / "local.txt").write_text("mine\n")
+    _git(remote.env, "add", "local.txt", cwd=checkout)
+    _git(remote.env, "commit", "-m", "local work", cwd=checkout)
+    local_head = _git(remote.env, "rev-parse", "HEAD", cwd=checkout)
+    _push_new_commit(remote, tmp_path, "theirs.txt", "theirs\n")
+
+    done = _sync(env, REPO)
+    assert done.returncode != 0
+    assert "fast-forward" in done.stderr
+    assert "diverged" in done.stderr
+    assert _git(remote.env, "rev-parse", "HEAD", cwd=checkout) == local_head
+    assert not (checkout / "theirs.txt").exists()
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["../x", "/etc", "-x", "--upload-pack=touch pwned", "", "a/b", "..", ".hidden", "a..b", "x y"],
+)
+def test_bad_names_are_refused_and_create_nothing(remote: GitRemote, tmp_path: Path, name: str):
+    notebooks = tmp_path / "notebooks"
+    workdir = tmp_path / "cwd"
+    workdir.mkdir()
+    env = _sync_env(remote, notebooks)
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+
+    done = _sync(env, name, cwd=workdir)
+
+    assert done.returncode == 2, (done.returncode, done.stdout, done.stderr)
+    assert "Usage: gitea-sync <repo-name>" in done.stderr
+    assert done.stdout == ""
+    assert not notebooks.exists()
+    assert not (workdir / "pwned").exists()
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
+
+
+@pytest.mark.parametrize("args", [[], ["a", "b"]])
+def test_wrong_argument_count_is_a_usage_error(tmp_path: Path, args: list[str]):
+    done = _sync({"PATH": os.environ["PATH"], "HOME": str(tmp_path), "GITEA_URL": "git://127.0.0.1:1"}, *args)
+    assert done.returncode == 2
+    assert "Usage: gitea-sync <repo-name>" in done.stderr
+
+
+def test_missing_gitea_url_is_named(tmp_path: Path):
+    env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "GITEA_USER": USER}
+    done = _sync(env, REPO)
+    assert done.returncode != 0
+    assert "GITEA_URL" in done.stderr
+    assert not (tmp_path / "notebooks").exists()
+
+
+def test_missing_owner_names_both_variables(tmp_path: Path):
+    env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "GITEA_URL": "git://127.0.0.1:1"}
+    done = _sync(env, REPO)
+    assert done.returncode != 0
+    assert "GITEA_USER" in done.stderr
+    assert "JUPYTERHUB_USER" in done.stderr
+
+
+def test_unknown_repository_fails_with_gits_message(remote: GitRemote, tmp_path: Path):
+    notebooks = tmp_path / "notebooks"
+    done = _sync(_sync_env(remote, notebooks), "does-not-exist")
+    assert done.returncode != 0
+    assert "fatal:" in done.stderr
+    assert "does-not-exist" in done.stderr
+    assert not (notebooks / "does-not-exist").exists()
+
+
+def test_existing_folder_that_is_not_a_checkout_is_refused(remote: GitRemote, tmp_path: Path):
+    notebooks = tmp_path / "notebooks"
+    (notebooks / REPO).mkdir(parents=True)
+    (notebooks / REPO / "draft.ipynb").write_text("{}")
+    done = _sync(_sync_env(remote, notebooks), REPO)
+    assert done.returncode != 0
+    assert "not a git checkout" in done.stderr
+    assert sorted(p.name for p in (notebooks / REPO).iterdir()) == ["draft.ipynb"]
