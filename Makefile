@@ -18,8 +18,10 @@ setup: $(STATE)/system.stamp $(STATE)/python.stamp $(STATE)/npm.stamp  ## instal
 
 $(STATE)/system.stamp: system-packages.txt
 	@mkdir -p $(STATE)
-	@missing=$$(grep -v '^#' system-packages.txt | xargs -n1 | while read -r p; do \
-	    dpkg-query -W -f='$${Status}' "$$p" 2>/dev/null | grep -q 'ok installed' || echo "$$p"; done); \
+	@missing=$$(grep -v '^#' system-packages.txt | while read -r pkg cmd; do \
+	    [ -n "$$pkg" ] || continue; \
+	    if [ -n "$$cmd" ] && command -v "$$cmd" >/dev/null; then continue; fi; \
+	    dpkg-query -W -f='$${Status}' "$$pkg" 2>/dev/null | grep -q 'ok installed' || echo "$$pkg"; done); \
 	if [ -n "$$missing" ]; then \
 	    echo "installing Debian packages:" $$missing; \
 	    SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
