@@ -10,6 +10,19 @@ BIN := $(VENV)/bin
 STATE := .state
 CATALOG_PORT ?= 8080
 CATALOG_URL := http://127.0.0.1:$(CATALOG_PORT)
+REGISTRY_PORT ?= 5000
+REGISTRY_URL := http://127.0.0.1:$(REGISTRY_PORT)
+REGISTRY_USER := thinkube
+BASE_MIRROR := localhost/thinkube-base:bookworm
+DEMO_IMAGE ?= jupyter-base
+DAGSTER_PORT ?= 3000
+# What the pipeline reads on this machine; secrets are read from files under .state/, never echoed.
+PIPELINE_ENV = DAGSTER_HOME=$(CURDIR)/.dagster \
+	THINKUBE_CATALOG_URL=$(CATALOG_URL) THINKUBE_CATALOG_TOKEN=$$(cat $(STATE)/catalog-token) \
+	THINKUBE_REGISTRY_URL=$(REGISTRY_URL) THINKUBE_REGISTRY_USERNAME=$(REGISTRY_USER) \
+	THINKUBE_REGISTRY_PASSWORD=$$(cat $(STATE)/registry/password) \
+	THINKUBE_BASE_MIRROR=$(BASE_MIRROR) \
+	THINKUBE_BUILD_CA_BUNDLE=$$([ -f /etc/ssl/certs/ca-certificates.crt ] && echo /etc/ssl/certs/ca-certificates.crt)
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/:/'
@@ -49,13 +62,49 @@ lint: setup  ## ruff: lint and format check
 test: setup lint  ## run the whole test suite
 	$(BIN)/pytest
 
-demo: setup  ## run the main job on the embedded default: catalog service + image definitions
-	@$(MAKE) --no-print-directory catalog-up
+demo: setup services base .dagster/dagster.yaml  ## set up, then build, publish and catalog $(DEMO_IMAGE) for real
 	$(BIN)/thinkube-pipelines images check
-	THINKUBE_CATALOG_URL=$(CATALOG_URL) THINKUBE_CATALOG_TOKEN=$$(cat $(STATE)/catalog-token) \
-	    $(BIN)/thinkube-pipelines images register
-	@echo; echo "catalog: $(CATALOG_URL)/api/v1/images  (stop it with: make catalog-down)"
-	@curl -fsS $(CATALOG_URL)/api/v1/images | $(BIN)/python -m json.tool | head -40
+	$(PIPELINE_ENV) $(BIN)/dagster asset materialize -m thinkube_pipelines.definitions \
+	    --select $(DEMO_IMAGE)/source,$(DEMO_IMAGE)/build,$(DEMO_IMAGE)/published,$(DEMO_IMAGE)/catalog_entry
+	@echo; echo "registry $(REGISTRY_URL): $(DEMO_IMAGE) tags:"
+	@curl -fsS -u $(REGISTRY_USER):$$(cat $(STATE)/registry/password) $(REGISTRY_URL)/v2/library/$(DEMO_IMAGE)/tags/list; echo
+	@echo "catalog $(CATALOG_URL)/api/v1/images/$(DEMO_IMAGE):"
+	@curl -fsS $(CATALOG_URL)/api/v1/images/$(DEMO_IMAGE) | $(BIN)/python -m json.tool
+	@echo; echo "See the graph and the materializations: make dev (Dagster UI on http://127.0.0.1:$(DAGSTER_PORT))"
+	@echo "Stop the registry and the catalog: make services-down"
+
+dev: setup services .dagster/dagster.yaml  ## the Dagster UI on the embedded instance (Ctrl-C stops it)
+	$(PIPELINE_ENV) $(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p $(DAGSTER_PORT)
+
+base: setup  ## make the Debian base image root images build FROM on this machine
+	$(BIN)/thinkube-pipelines base make --reference $(BASE_MIRROR)
+
+.dagster/dagster.yaml: dagster.yaml
+	@mkdir -p .dagster
+	cp dagster.yaml $@
+
+services: catalog-up registry-up  ## start the local registry and catalog service
+
+services-down: catalog-down registry-down  ## stop them
+
+registry-up: setup  ## start the local registry (CNCF distribution, htpasswd auth) in the background
+	@mkdir -p $(STATE)/registry/storage
+	@[ -s $(STATE)/registry/password ] || (umask 077; $(BIN)/python -c 'import secrets; print(secrets.token_urlsafe(24))' > $(STATE)/registry/password)
+	@htpasswd -Bbn $(REGISTRY_USER) "$$(cat $(STATE)/registry/password)" > $(STATE)/registry/htpasswd 2>/dev/null
+	@printf 'version: 0.1\nlog: {level: warn}\nstorage: {filesystem: {rootdirectory: %s}, delete: {enabled: true}}\nhttp: {addr: 127.0.0.1:%s, secret: %s}\nauth: {htpasswd: {realm: thinkube, path: %s}}\n' \
+	    "$(CURDIR)/$(STATE)/registry/storage" "$(REGISTRY_PORT)" "$$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')" "$(CURDIR)/$(STATE)/registry/htpasswd" > $(STATE)/registry/config.yml
+	@if [ -f $(STATE)/registry.pid ] && kill -0 $$(cat $(STATE)/registry.pid) 2>/dev/null; then \
+	    echo "registry already running (pid $$(cat $(STATE)/registry.pid))"; \
+	else \
+	    nohup docker-registry serve $(STATE)/registry/config.yml > $(STATE)/registry.log 2>&1 < /dev/null & \
+	    echo $$! > $(STATE)/registry.pid; \
+	    for i in $$(seq 40); do [ "$$(curl -s -o /dev/null -w '%{http_code}' $(REGISTRY_URL)/v2/)" = 401 ] && break; sleep 0.25; done; \
+	    [ "$$(curl -s -o /dev/null -w '%{http_code}' $(REGISTRY_URL)/v2/)" = 401 ] || { echo "registry did not start:"; tail -20 $(STATE)/registry.log; exit 1; }; \
+	    echo "registry started (pid $$(cat $(STATE)/registry.pid)) on $(REGISTRY_URL), user $(REGISTRY_USER)"; \
+	fi
+
+registry-down:  ## stop the background registry
+	@if [ -f $(STATE)/registry.pid ]; then kill $$(cat $(STATE)/registry.pid) 2>/dev/null || true; rm -f $(STATE)/registry.pid; fi
 
 catalog-up: setup  ## start the catalog service in the background (SQLite under .state/)
 	@mkdir -p $(STATE)
@@ -75,8 +124,8 @@ catalog-up: setup  ## start the catalog service in the background (SQLite under 
 catalog-down:  ## stop the background catalog service
 	@if [ -f $(STATE)/catalog.pid ]; then kill $$(cat $(STATE)/catalog.pid) 2>/dev/null || true; rm -f $(STATE)/catalog.pid; fi
 
-clean:  ## remove the virtualenv, node_modules and local state
-	@$(MAKE) --no-print-directory catalog-down
-	rm -rf $(VENV) node_modules $(STATE)
+clean:  ## remove the virtualenv, node_modules and local state (images, registry, Dagster history)
+	@$(MAKE) --no-print-directory services-down
+	rm -rf $(VENV) node_modules $(STATE) .dagster
 
-.PHONY: help setup lint test demo catalog-up catalog-down clean
+.PHONY: help setup lint test demo dev base services services-down registry-up registry-down catalog-up catalog-down clean

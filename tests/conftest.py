@@ -5,4 +5,6 @@ pytest_plugins = [
     "tests.fixtures.postgres",
     "tests.fixtures.oidc",
     "tests.fixtures.catalog",
+    "tests.fixtures.buildah",
+    "tests.fixtures.registry",
 ]

@@ -1,9 +1,7 @@
-"""`thinkube-pipelines images register` and the catalog client, against the real catalog service."""
+"""The catalog client the pipeline writes with, against the real catalog service."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -13,6 +11,7 @@ from thinkube_pipelines.catalog.entries import catalog_upsert
 from thinkube_pipelines.images import load_image_definitions
 
 REPO = Path(__file__).resolve().parents[1]
+DIGEST = "sha256:" + "ab" * 32
 
 
 @pytest.fixture
@@ -22,54 +21,52 @@ def catalog(catalog_server, tmp_path):
     server.stop()
 
 
-def register(catalog, token: str | None) -> subprocess.CompletedProcess[str]:
-    env = {"PATH": str(Path(sys.executable).parent), "THINKUBE_CATALOG_URL": catalog.base_url}
-    if token is not None:
-        env["THINKUBE_CATALOG_TOKEN"] = token
-    exe = Path(sys.executable).parent / "thinkube-pipelines"
-    return subprocess.run([str(exe), "images", "register"], env=env, cwd=REPO, capture_output=True, text=True)
-
-
-def test_register_records_each_offered_image_inactive_and_keeps_published_ones(catalog):
+@pytest.fixture
+def definition():
     images = load_image_definitions(REPO / "images")
+    return next(d for d in images if d.spec.gpu_required)
+
+
+def test_entry_carries_the_image_definition(catalog, definition):
     client = CatalogClient(catalog.base_url, token=catalog.token)
-    offered = [d for d in images if d.spec.catalog]
-    published = offered[0]
-    digest = "sha256:" + "ab" * 32
-    client.upsert(
-        catalog_upsert(published, registry="reg.example", repository=f"p/{published.name}", digest=digest)
+    wanted = catalog_upsert(
+        definition, registry="reg.example", repository=f"p/{definition.name}", digest=DIGEST
     )
-
-    result = register(catalog, catalog.token)
-    assert result.returncode == 0, result.stderr
-
-    items = {item.name: item for item in client.list()}
-    assert set(items) == {d.name for d in offered}
-    assert items[published.name].metadata.digest == digest and items[published.name].is_active
-    for d in offered[1:]:
-        item = items[d.name]
-        assert not item.is_active
-        assert item.display_name == d.spec.display_name
-        assert item.metadata.gpu_required == d.spec.gpu_required
-        assert "jupyter-compatible" in item.tags
-    assert [i.name for i in client.jupyter_images()] == [published.name]
-    assert "already in the catalog" in result.stdout
-
-    again = register(catalog, catalog.token)
-    assert again.returncode == 0 and again.stdout.count("already in the catalog") == len(offered)
+    item, change = client.ensure(wanted)
+    assert change == "created"
+    assert item.display_name == definition.spec.display_name
+    assert item.metadata.gpu_required is True
+    assert item.metadata.cpu_limit == definition.spec.cpu_limit
+    assert item.metadata.image_reference == f"reg.example/p/{definition.name}@{DIGEST}"
+    assert item.tags[0] == "jupyter-compatible" and set(definition.spec.tags) <= set(item.tags)
+    assert [i.name for i in client.jupyter_images()] == [definition.name]
 
 
-def test_register_without_token_fails_naming_the_catalog(catalog):
-    result = register(catalog, None)
-    assert result.returncode == 1
-    assert f"catalog {catalog.base_url}: no token configured" in result.stderr
-    assert CatalogClient(catalog.base_url).list() == []
+def test_ensure_writes_only_what_changed(catalog, definition):
+    client = CatalogClient(catalog.base_url, token=catalog.token)
+    wanted = catalog_upsert(definition, registry="reg.example", repository="p/x", digest=DIGEST, tag="t1")
+    first, _ = client.ensure(wanted)
+    again, change = client.ensure(wanted)
+    assert change == "unchanged" and again == first
+    moved = catalog_upsert(definition, registry="reg.example", repository="p/x", digest="sha256:" + "cd" * 32)
+    item, change = client.ensure(moved)
+    assert change == "updated" and item.metadata.digest == "sha256:" + "cd" * 32
 
 
-def test_register_with_wrong_token_reports_the_401(catalog):
-    result = register(catalog, "not-the-token")
-    assert result.returncode == 1
-    assert f"catalog {catalog.base_url}: POST /api/v1/images answered 401" in result.stderr
+def test_writing_without_a_token_names_the_catalog(catalog, definition):
+    client = CatalogClient(catalog.base_url)
+    with pytest.raises(CatalogError, match=f"catalog {catalog.base_url}: no token configured"):
+        client.upsert(catalog_upsert(definition, registry="r.example", repository="p/x", digest=DIGEST))
+    assert client.list() == []
+
+
+def test_a_wrong_token_reports_the_401(catalog, definition):
+    client = CatalogClient(catalog.base_url, token="not-the-token")
+    with pytest.raises(CatalogError) as caught:
+        client.upsert(catalog_upsert(definition, registry="r.example", repository="p/x", digest=DIGEST))
+    assert caught.value.status == 401
+    assert f"catalog {catalog.base_url}: POST /api/v1/images answered 401" in str(caught.value)
+    assert "not-the-token" not in str(caught.value)
 
 
 def test_client_names_an_unreachable_catalog():

@@ -8,8 +8,6 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from thinkube_pipelines import settings
-from thinkube_pipelines.catalog.client import CatalogClient, CatalogError
-from thinkube_pipelines.catalog.entries import catalog_upsert
 from thinkube_pipelines.images import ImageDefinitionError, ImageSet, load_image_definitions
 
 
@@ -32,29 +30,19 @@ def _images_check(args: argparse.Namespace) -> int:
     return 0
 
 
-def _images_register(args: argparse.Namespace) -> int:
-    """Record every image definition in the catalog, inactive until the pipeline publishes it.
+def _base_make(args: argparse.Namespace) -> int:
+    """Make a Debian base with Python in the local builder's storage, for machines where the upstream
+    base registry is out of reach; point THINKUBE_BASE_MIRROR at it."""
+    # Imported here: they pull in Dagster, which `images check` does not need.
+    from thinkube_pipelines.builders.debian_base import DEFAULT_REFERENCE, DebianBaseError, make_debian_base
+    from thinkube_pipelines.defs.resources import local_resources
 
-    Images the catalog already holds are left as they are: a published entry is never replaced by an
-    unbuilt one.
-    """
-    images = _load(args.dir)
-    client = CatalogClient(settings.catalog_url(), token=settings.catalog_token())
-    registry, project = settings.registry_host(), settings.registry_project()
+    reference = args.reference or DEFAULT_REFERENCE
     try:
-        for d in images:
-            if not d.spec.catalog:
-                print(f"{d.name}: build-only, not offered to users")
-            elif client.get(d.name) is not None:
-                print(f"{d.name}: already in the catalog")
-            else:
-                entry = catalog_upsert(
-                    d, registry=registry, repository=f"{project}/{d.name}", tag="latest", active=False
-                )
-                client.upsert(entry)
-                print(f"{d.name}: registered (inactive until built) at {client.item_url(d.name)}")
-    except CatalogError as exc:
+        image_id = make_debian_base(local_resources()["builder"], reference=reference, on_line=print)
+    except DebianBaseError as exc:
         raise CommandError(str(exc)) from None
+    print(f"{reference} ({image_id[:19]}): use it with {settings.BASE_MIRROR_ENV}={reference}")
     return 0
 
 
@@ -64,8 +52,6 @@ def _describe(images: ImageSet) -> str:
     for d in images:
         origin = f"parent {d.spec.parent}" if d.spec.base is None else f"base {d.spec.base.image}"
         flags = [f for f, on in (("gpu", d.spec.gpu_required), ("default", d.spec.default)) if on]
-        if not d.spec.catalog:
-            flags.append("build-only")
         suffix = f"  [{', '.join(flags)}]" if flags else ""
         lines.append(f"{d.name:<{width}}  {origin}  ({len(d.requirements)} pins){suffix}")
     lines.append(f"{len(images)} image(s) OK")
@@ -85,13 +71,15 @@ def build_parser() -> argparse.ArgumentParser:
         "dir", nargs="?", type=Path, help=f"images folder (default: ${settings.IMAGES_DIR_ENV} or ./images)"
     )
     check.set_defaults(handler=_images_check)
-    register = images_commands.add_parser(
-        "register",
-        help=f"record the image definitions in the catalog at ${settings.CATALOG_URL_ENV} "
-        f"(token: ${settings.CATALOG_TOKEN_ENV}), inactive until built",
+    base = commands.add_parser("base", help="base images for root images")
+    base_commands = base.add_subparsers(dest="base_command", required=True)
+    make = base_commands.add_parser(
+        "make", help="make a Debian bookworm base with Python (mmdebstrap) in the local buildah storage"
     )
-    register.add_argument("dir", nargs="?", type=Path, help="images folder (as for check)")
-    register.set_defaults(handler=_images_register)
+    make.add_argument(
+        "--reference", default="localhost/thinkube-base:bookworm", help="name to store it under"
+    )
+    make.set_defaults(handler=_base_make)
     return parser
 
 

@@ -1,4 +1,8 @@
-"""Settings shared by the command line and the Dagster code location, read from the environment."""
+"""The environment variables the command line and the code location read: names and defaults in one place.
+
+Secrets (registry password, catalog token) are only ever passed on by name (dagster.EnvVar), never read
+into configuration values that Dagster would show or store.
+"""
 
 from __future__ import annotations
 
@@ -6,33 +10,31 @@ import os
 from pathlib import Path
 
 IMAGES_DIR_ENV = "THINKUBE_IMAGES_DIR"
+STATE_DIR_ENV = "THINKUBE_STATE_DIR"
+ENVIRONMENT_ENV = "THINKUBE_ENVIRONMENT"
 CATALOG_URL_ENV = "THINKUBE_CATALOG_URL"
 CATALOG_TOKEN_ENV = "THINKUBE_CATALOG_TOKEN"
-REGISTRY_ENV = "THINKUBE_REGISTRY"
+REGISTRY_URL_ENV = "THINKUBE_REGISTRY_URL"
 REGISTRY_PROJECT_ENV = "THINKUBE_REGISTRY_PROJECT"
+REGISTRY_FLAVOR_ENV = "THINKUBE_REGISTRY_FLAVOR"
+BASE_MIRROR_ENV = "THINKUBE_BASE_MIRROR"
+BUILD_CA_BUNDLE_ENV = "THINKUBE_BUILD_CA_BUNDLE"
 
 DEFAULT_CATALOG_URL = "http://127.0.0.1:8080"
-DEFAULT_REGISTRY = "127.0.0.1:5000"
+DEFAULT_REGISTRY_URL = "http://127.0.0.1:5000"
 DEFAULT_REGISTRY_PROJECT = "library"
+
+
+def setting(name: str, default: str | None = None) -> str | None:
+    """The variable's value; an empty one counts as unset."""
+    return os.environ.get(name) or default
 
 
 def default_images_dir() -> Path:
     """Where image definitions live: $THINKUBE_IMAGES_DIR, else ./images (the repository's own)."""
-    return Path(os.environ.get(IMAGES_DIR_ENV, "images"))
+    return Path(setting(IMAGES_DIR_ENV, "images"))
 
 
-def catalog_url() -> str:
-    return os.environ.get(CATALOG_URL_ENV) or DEFAULT_CATALOG_URL
-
-
-def catalog_token() -> str | None:
-    return os.environ.get(CATALOG_TOKEN_ENV) or None
-
-
-def registry_host() -> str:
-    return os.environ.get(REGISTRY_ENV) or DEFAULT_REGISTRY
-
-
-def registry_project() -> str:
-    """The registry project (Harbor) or namespace every image is pushed under."""
-    return os.environ.get(REGISTRY_PROJECT_ENV) or DEFAULT_REGISTRY_PROJECT
+def state_dir() -> Path:
+    """Where local state lives (buildah storage, caches): $THINKUBE_STATE_DIR, else ./.state."""
+    return Path(setting(STATE_DIR_ENV, ".state"))

@@ -38,6 +38,18 @@ class CatalogClient:
         response = self._request("POST", "/api/v1/images", json=image.model_dump(mode="json"), write=True)
         return self._item(response), response.status_code == 201
 
+    def ensure(self, image: ImageUpsert) -> tuple[CatalogItem, str]:
+        """Make the catalog hold exactly `image`; returns the item and "created", "updated" or "unchanged".
+
+        An unchanged image is not written again, so a rebuild that changed nothing leaves the item (and
+        its updated_at) as it was.
+        """
+        existing = self.get(image.name)
+        if existing is not None and existing == CatalogItem.model_validate(image.model_dump()):
+            return existing, "unchanged"
+        item, created = self.upsert(image)
+        return item, "created" if created else "updated"
+
     def get(self, name: str) -> CatalogItem | None:
         """The image named `name`, or None when the catalog has no such image."""
         response = self._request("GET", f"/api/v1/images/{name}", allow=(404,))

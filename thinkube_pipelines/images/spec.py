@@ -51,8 +51,6 @@ class ImageSpec(BaseModel):
     base: BaseImage | None = None
     default: StrictBool = False
     tags: tuple[Annotated[str, Field(min_length=1)], ...] = ()
-    catalog: StrictBool = True
-    """False for a build-only parent image that is never offered to users."""
 
     @model_validator(mode="after")
     def _exactly_one_origin(self) -> ImageSpec:
