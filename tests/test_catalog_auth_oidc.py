@@ -19,8 +19,8 @@ import requests
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from tests.fixtures.catalog import CatalogServer, CatalogServerFactory, sample_image
+from tests.fixtures.network import free_port
 from tests.fixtures.oidc import OidcProvider
-from tests.fixtures.postgres import free_port
 
 IMAGES = "/api/v1/images"
 

@@ -15,7 +15,7 @@ import pytest
 import sqlalchemy as sa
 
 from tests.fixtures.catalog import catalog_command, catalog_env
-from tests.fixtures.postgres import free_port
+from tests.fixtures.network import free_port
 from thinkube_pipelines.catalog import schema
 
 

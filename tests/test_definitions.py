@@ -1,6 +1,8 @@
 """The code location loads, and its graph follows images/: four assets per image, parents before children."""
 
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import dagster as dg
@@ -92,3 +94,17 @@ def test_build_steps_share_one_concurrency_pool_and_runs_are_queued():
     limits = config["concurrency"]["runs"]["tag_concurrency_limits"]
     assert {"key": "thinkube/run-kind", "value": "image-build", "limit": 1} in limits
     assert defs.resolve_job_def("build_images").tags["thinkube/run-kind"] == "image-build"
+
+
+def test_dagster_cli_validates_the_workspace_with_our_instance_config(tmp_path):
+    shutil.copy(REPO / "dagster.yaml", tmp_path / "dagster.yaml")
+    result = subprocess.run(
+        [str(Path(sys.executable).parent / "dagster"), "definitions", "validate", "-w", "workspace.yaml"],
+        cwd=REPO,
+        env={"PATH": str(Path(sys.executable).parent), "DAGSTER_HOME": str(tmp_path), "HOME": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Validation successful for code location thinkube_pipelines" in result.stdout + result.stderr

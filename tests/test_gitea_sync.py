@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.fixtures.network import free_port
+
 SCRIPT = Path(__file__).resolve().parent.parent / "images" / "jupyter-base" / "gitea-sync"
 USER = "alice"
 REPO = "analysis"
@@ -31,12 +33,6 @@ def _git(env: dict[str, str], *args: str, cwd: Path | None = None) -> str:
     )
     assert done.returncode == 0, f"git {' '.join(args)} failed:\n{done.stdout}\n{done.stderr}"
     return done.stdout
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _wait_for_port(port: int, proc: subprocess.Popen, timeout: float = 15.0) -> None:
@@ -78,7 +74,7 @@ def remote(tmp_path: Path) -> Iterator[GitRemote]:
     _git(env, "commit", "-m", "first", cwd=seed)
     _git(env, "push", str(bare), "main", cwd=seed)
 
-    port = _free_port()
+    port = free_port()
     daemon = subprocess.Popen(
         [
             "git",

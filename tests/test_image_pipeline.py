@@ -14,7 +14,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from tests.fixtures.postgres import free_port
+from tests.fixtures.network import free_port
 from thinkube_pipelines.builders.buildah import BuildahBuilder
 from thinkube_pipelines.catalog.client import CatalogClient
 from thinkube_pipelines.defs.images.assets import image_assets
@@ -129,7 +129,16 @@ def test_chain_is_built_checked_published_and_catalogued(chain):
         assert registry.digest_of(f"library/{name}", version_tag) == digest
         assert version_tag.endswith("-" + build["source_hash"].value[:7])
         assert pub["size"].value == registry.manifest(f"library/{name}", digest).size > 0
-        for key in ("image", "tags", "base_image", "base_digest", "build_duration_s", "log_tail"):
+        for key in (
+            "image",
+            "tags",
+            "size",
+            "base_image",
+            "base_digest",
+            "source_hash",
+            "build_duration_s",
+            "log_tail",
+        ):
             assert key in build, key
         assert "STEP" in build["log_tail"].value
         published[name] = (digest, version_tag, pub["size"].value)

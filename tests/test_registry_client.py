@@ -7,7 +7,8 @@ import uuid
 
 import pytest
 
-from tests.fixtures.registry import RegistryServer, _free_port, push_test_image
+from tests.fixtures.network import free_port
+from tests.fixtures.registry import RegistryServer, push_test_image
 from thinkube_pipelines.registry.client import (
     DOCKER_MANIFEST,
     OCI_MANIFEST,
@@ -97,7 +98,7 @@ def test_no_credentials_against_a_registry_that_needs_them(registry: RegistrySer
 
 
 def test_registry_down_names_the_registry() -> None:
-    url = f"http://127.0.0.1:{_free_port()}"  # nothing listens there
+    url = f"http://127.0.0.1:{free_port()}"  # nothing listens there
 
     with pytest.raises(RegistryUnreachable) as caught:
         RegistryClient(url, "someone", "secret-xyz", timeout_s=2).ping()
@@ -133,7 +134,7 @@ def test_push_access_check_leaves_nothing_behind(registry: RegistryServer, clien
 
 
 def test_invalid_names_fail_before_any_request() -> None:
-    client = RegistryClient(f"http://127.0.0.1:{_free_port()}")
+    client = RegistryClient(f"http://127.0.0.1:{free_port()}")
     with pytest.raises(ValueError, match="repository"):
         client.manifest("Library/UPPER", "latest")
     with pytest.raises(ValueError, match="tag or digest"):

@@ -1,0 +1,1 @@
+"""Dagster definitions split by concern: assets, checks, jobs and resources."""

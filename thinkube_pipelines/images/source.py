@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
 
-from thinkube_pipelines.images.spec import ImageSet
+from thinkube_pipelines.images.spec import ImageDefinition, ImageSet
 
 _IGNORED_PARTS = {"__pycache__", ".ipynb_checkpoints", ".git"}
+
+
+def source_files(definition: ImageDefinition) -> list[Path]:
+    """The files of an image's folder that make up its build context, relative to it, sorted."""
+    files = (p.relative_to(definition.folder) for p in definition.folder.rglob("*") if p.is_file())
+    return sorted(f for f in files if not _IGNORED_PARTS.intersection(f.parts))
 
 
 def source_hash(images: ImageSet, name: str) -> str:
@@ -19,10 +26,8 @@ def source_hash(images: ImageSet, name: str) -> str:
     digest = hashlib.sha256()
     if definition.spec.parent is not None:
         digest.update(f"parent:{source_hash(images, definition.spec.parent)}\n".encode())
-    for path in sorted(p for p in definition.folder.rglob("*") if p.is_file()):
-        relative = path.relative_to(definition.folder)
-        if _IGNORED_PARTS.intersection(relative.parts):
-            continue
+    for relative in source_files(definition):
+        path = definition.folder / relative
         digest.update(f"file:{relative.as_posix()}:{path.stat().st_size}\n".encode())
         digest.update(path.read_bytes())
     return digest.hexdigest()

@@ -14,7 +14,7 @@ from thinkube_pipelines.catalog.entries import catalog_upsert
 from thinkube_pipelines.defs.images.outputs import BuiltImage, ImageSource, PublishedImage
 from thinkube_pipelines.defs.resources import CatalogResource
 from thinkube_pipelines.images import ImageDefinition, ImageSet
-from thinkube_pipelines.images.source import source_hash
+from thinkube_pipelines.images.source import source_files, source_hash
 from thinkube_pipelines.images.spec import BASE_IMAGE_ARG, PARENT_IMAGE_ARG
 from thinkube_pipelines.registry.client import HarborClient
 from thinkube_pipelines.registry.resource import Registry
@@ -39,7 +39,8 @@ def version_tag(created: datetime, source: str) -> str:
     return f"{created.astimezone(UTC):%Y.%m.%d}-{source[:7]}"
 
 
-def _code_block(lines: list[str] | tuple[str, ...]) -> dg.MetadataValue:
+def log_block(lines: list[str] | tuple[str, ...]) -> dg.MetadataValue:
+    """Log lines as a Markdown code block, how the UI shows them best."""
     return dg.MetadataValue.md("```\n" + "\n".join(lines) + "\n```")
 
 
@@ -62,13 +63,7 @@ def image_chain(images: ImageSet, definition: ImageDefinition) -> list[dg.Assets
     )
     def source(context: dg.AssetExecutionContext) -> dg.Output[ImageSource]:
         current = source_hash(images, name)
-        files = tuple(
-            sorted(
-                p.relative_to(definition.folder).as_posix()
-                for p in definition.folder.rglob("*")
-                if p.is_file()
-            )
-        )
+        files = tuple(f.as_posix() for f in source_files(definition))
         if current != code_version:
             context.log.warning(
                 f"{name}: files changed since the code location loaded; reload it to see them"
@@ -101,7 +96,11 @@ def image_chain(images: ImageSet, definition: ImageDefinition) -> list[dg.Assets
             dockerfile=definition.dockerfile,
             build_args=build_args,
             target=f"{registry.host}/{repository}:{build_tag}",
-            labels={SOURCE_HASH_LABEL: source.source_hash},
+            labels={
+                "org.opencontainers.image.title": name,
+                "org.opencontainers.image.description": spec.description,
+                SOURCE_HASH_LABEL: source.source_hash,
+            },
             push_auth=registry.push_auth(),
             tls_verify=registry.push_tls_verify,
         )
@@ -111,8 +110,9 @@ def image_chain(images: ImageSet, definition: ImageDefinition) -> list[dg.Assets
         except BuildError as exc:
             raise dg.Failure(
                 description=str(exc),
-                metadata={"failing_step": exc.step or "", "log_tail": _code_block(exc.log_tail)},
+                metadata={"failing_step": exc.step or "", "log_tail": log_block(exc.log_tail)},
             ) from exc
+        size = registry.client().manifest(repository, result.digest).size  # also proves the push landed
         built = BuiltImage(
             image_name=name,
             registry=registry.host,
@@ -132,11 +132,12 @@ def image_chain(images: ImageSet, definition: ImageDefinition) -> list[dg.Assets
                 "image": built.reference,
                 "tags": [build_tag],
                 "digest": result.digest,
+                "size": dg.MetadataValue.int(size),
                 "base_image": base_image,
                 "base_digest": result.base_digest or "",
                 "source_hash": source.source_hash,
                 "build_duration_s": dg.MetadataValue.float(built.duration_s),
-                "log_tail": _code_block(result.log_tail[-LOG_TAIL_LINES:]),
+                "log_tail": log_block(result.log_tail[-LOG_TAIL_LINES:]),
             },
         )
 

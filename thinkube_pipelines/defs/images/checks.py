@@ -6,7 +6,7 @@ from pathlib import Path
 import dagster as dg
 
 from thinkube_pipelines.builders.base import ImageBuilder
-from thinkube_pipelines.defs.images.assets import asset_key
+from thinkube_pipelines.defs.images.assets import asset_key, log_block
 from thinkube_pipelines.defs.images.outputs import BuiltImage
 from thinkube_pipelines.images import ImageDefinition, ImageSet
 
@@ -40,7 +40,7 @@ def smoke_check(images: ImageSet, definition: ImageDefinition) -> dg.AssetChecks
             return dg.AssetCheckResult(
                 passed=False,
                 description=f"{name}: the smoke probe could not run in the image (exit {result.returncode})",
-                metadata={"output": dg.MetadataValue.md("```\n" + "\n".join(tail) + "\n```")},
+                metadata={"output": log_block(tail)},
             )
         failed = report["failed_imports"]
         missing = report["missing_commands"]
