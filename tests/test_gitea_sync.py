@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import signal
 import socket
 import subprocess
 import time
@@ -14,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.fixtures.network import free_port
+from tests.fixtures.processes import stop_process
 
 SCRIPT = Path(__file__).resolve().parent.parent / "images" / "jupyter-base" / "gitea-sync"
 USER = "alice"
@@ -96,12 +96,7 @@ def remote(tmp_path: Path) -> Iterator[GitRemote]:
         _wait_for_port(port, daemon)
         yield GitRemote(url=f"git://127.0.0.1:{port}", base=base, env=env)
     finally:
-        daemon.send_signal(signal.SIGTERM)
-        try:
-            daemon.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            daemon.kill()
-            daemon.wait(timeout=10)
+        stop_process(daemon)
 
 
 def _sync(env: dict[str, str], *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
