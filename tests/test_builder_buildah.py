@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import secrets
 import subprocess
+import tarfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +17,7 @@ import dagster as dg
 import pytest
 import requests
 
+from tests.fixtures.buildah import base_cache_dir
 from tests.fixtures.registry import RegistryServer
 from thinkube_pipelines.builders import (
     BuildahBuilder,
@@ -301,3 +303,10 @@ def test_an_implementation_is_accepted_where_an_asset_asks_for_an_image_builder(
     assert builder.with_base_mirror({"BASE_IMAGE": "docker.io/x:1"}) == {"BASE_IMAGE": "docker.io/x:1"}
     defs = dg.Definitions(assets=[built_by_any_builder], resources={"builder": builder})
     assert defs.resolve_asset_graph() is not None
+
+
+def test_debian_base_rootfs_is_cached_as_one_tar_file(debian_base: str) -> None:
+    """A cache entry that is not a tar file would break the next machine that reads the cache."""
+    cached = sorted(base_cache_dir().glob("debian-bookworm-*.tar"))
+    assert cached, f"no cached rootfs under {base_cache_dir()}"
+    assert all(path.is_file() and tarfile.is_tarfile(path) for path in cached), cached

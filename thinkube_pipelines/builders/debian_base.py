@@ -57,11 +57,13 @@ def rootfs_tarball(
     if mmdebstrap is None:
         raise DebianBaseError("mmdebstrap not found: install the Debian package `mmdebstrap`")
     cache.mkdir(parents=True, exist_ok=True)
-    partial = tarball.with_name(f"{tarball.name}.{os.getpid()}.partial")
+    # mmdebstrap picks its output format from the file name: keep `.tar` last, and say it anyway.
+    partial = tarball.with_name(f"{tarball.stem}.{os.getpid()}.partial.tar")
     argv = [
         mmdebstrap,
         "--mode=root",
         "--variant=apt",
+        "--format=tar",
         f"--include={','.join(packages)}",
         suite,
         str(partial),
