@@ -77,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
         "make", help="make a Debian bookworm base with Python (mmdebstrap) in the local buildah storage"
     )
     make.add_argument(
-        "--reference", default="localhost/thinkube-base:bookworm", help="name to store it under"
+        "--reference", help="name to store it under (default: localhost/thinkube-base:bookworm)"
     )
     make.set_defaults(handler=_base_make)
     return parser

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from thinkube_pipelines.builders.base import LineSink
 from thinkube_pipelines.builders.buildah import BuildahBuilder, stream_command
+from thinkube_pipelines.settings import state_dir
 
 DEFAULT_REFERENCE = "localhost/thinkube-base:bookworm"
 DEFAULT_SUITE = "bookworm"
@@ -30,9 +31,9 @@ class DebianBaseError(RuntimeError):
 
 
 def default_cache_dir() -> Path:
-    """`$XDG_CACHE_HOME/thinkube-pipelines` when set, else `.state/cache` under the working directory."""
+    """`$XDG_CACHE_HOME/thinkube-pipelines` when set, else `cache/` in the local state folder."""
     xdg = os.environ.get("XDG_CACHE_HOME")
-    return Path(xdg) / "thinkube-pipelines" if xdg else Path(".state/cache")
+    return Path(xdg) / "thinkube-pipelines" if xdg else state_dir() / "cache"
 
 
 def base_key(suite: str, packages: Sequence[str], mirror: str | None = None) -> str:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import dagster as dg
@@ -43,7 +42,7 @@ class CatalogResource(dg.ConfigurableResource):
 
 def _secret(name: str) -> dg.EnvVar | None:
     """A secret passed by reference, so Dagster never shows or stores its value; None when unset."""
-    return dg.EnvVar(name) if os.environ.get(name) else None
+    return dg.EnvVar(name) if setting(name) else None
 
 
 def local_resources() -> dict[str, Any]:

@@ -289,31 +289,14 @@ class RegistryClient:
 
     def manifest(self, repository: str, reference: str) -> Manifest:
         """The manifest `repository:reference` (a tag or a digest), digest verified against its bytes."""
-        validate_repository(repository)
-        validate_reference(reference)
         action = f"get manifest {image_reference(repository, reference)}"
-        response = self._request(
-            "GET",
-            f"/v2/{repository}/manifests/{reference}",
-            action=action,
-            scope=f"repository:{repository}:pull",
-            headers={"Accept": ", ".join(MANIFEST_MEDIA_TYPES)},
-        )
+        response = self._manifest_request("GET", repository, reference, action)
         return self._parse_manifest(response, reference, action)
 
     def digest_of(self, repository: str, reference: str) -> str | None:
         """The digest `repository:reference` resolves to (by HEAD); None when there is no such manifest."""
-        validate_repository(repository)
-        validate_reference(reference)
         action = f"resolve {image_reference(repository, reference)}"
-        response = self._request(
-            "HEAD",
-            f"/v2/{repository}/manifests/{reference}",
-            action=action,
-            scope=f"repository:{repository}:pull",
-            headers={"Accept": ", ".join(MANIFEST_MEDIA_TYPES)},
-            allow=(404,),
-        )
+        response = self._manifest_request("HEAD", repository, reference, action, allow=(404,))
         if response.status_code == 404:
             return None
         digest = response.headers.get("Docker-Content-Digest")
@@ -321,6 +304,21 @@ class RegistryClient:
             # A registry that does not say the digest on HEAD: read the manifest and hash it.
             return self.manifest(repository, reference).digest
         return digest
+
+    def _manifest_request(
+        self, method: str, repository: str, reference: str, action: str, allow: tuple[int, ...] = ()
+    ) -> requests.Response:
+        """GET or HEAD a manifest, accepting every manifest format we can read."""
+        validate_repository(repository)
+        validate_reference(reference)
+        return self._request(
+            method,
+            f"/v2/{repository}/manifests/{reference}",
+            action=action,
+            scope=f"repository:{repository}:pull",
+            headers={"Accept": ", ".join(MANIFEST_MEDIA_TYPES)},
+            allow=allow,
+        )
 
     def tag(self, repository: str, digest: str, tag: str) -> str:
         """Point `tag` at the existing manifest `digest`, pushing no layer; returns the digest.
@@ -392,8 +390,7 @@ class RegistryClient:
             link = _LINK_NEXT.search(response.headers.get("Link", ""))
             path = None
             if link:
-                target = urlsplit(urljoin(self.url + "/", link.group(1)))
-                path = target.path + (f"?{target.query}" if target.query else "")
+                path = self._resolve(link.group(1))[1]
         return found
 
     def check_push_access(self, repository: str) -> None:
@@ -412,20 +409,25 @@ class RegistryClient:
             expect=(202,),
         )
         location = response.headers.get("Location")
-        if location:
-            target = urlsplit(urljoin(self.url + "/", location))
-            if f"{target.scheme}://{target.netloc}" == self.url:
-                path = target.path + (f"?{target.query}" if target.query else "")
-                # Best effort: cancelling needs the `delete` action, which a push-only account may lack;
-                # the registry purges an abandoned, empty upload by itself.
-                with contextlib.suppress(RegistryError):
-                    self._request(
-                        "DELETE",
-                        path,
-                        action=f"cancel the upload to {repository}",
-                        scope=f"repository:{repository}:delete",
-                        allow=(404, 405),
-                    )
+        origin, path = self._resolve(location) if location else (None, "")
+        if origin == self.url:
+            # Best effort: cancelling needs the `delete` action, which a push-only account may lack;
+            # the registry purges an abandoned, empty upload by itself.
+            with contextlib.suppress(RegistryError):
+                self._request(
+                    "DELETE",
+                    path,
+                    action=f"cancel the upload to {repository}",
+                    scope=f"repository:{repository}:delete",
+                    allow=(404, 405),
+                )
+
+    def _resolve(self, location: str) -> tuple[str, str]:
+        """A Location or Link the registry answered, as (origin, path with query) against our URL."""
+        target = urlsplit(urljoin(self.url + "/", location))
+        return f"{target.scheme}://{target.netloc}", target.path + (
+            f"?{target.query}" if target.query else ""
+        )
 
     # -- requests, authentication, errors ----------------------------------------------------------------
 

@@ -246,13 +246,14 @@ def image_chain(images: ImageSet, definition: ImageDefinition) -> list[dg.Assets
             image_size=published.size,
             last_built=published.created,
         )
-        item, change = catalog.client().ensure(wanted)
+        client = catalog.client()
+        item, change = client.ensure(wanted)
         context.log.info(f"{name}: catalog item {change}")
         return dg.Output(
             item.model_dump(mode="json"),
             data_version=dg.DataVersion(published.digest),
             metadata={
-                "catalog_item": dg.MetadataValue.url(catalog.client().item_url(name)),
+                "catalog_item": dg.MetadataValue.url(client.item_url(name)),
                 "digest": published.digest,
                 "tag": published.version_tag,
                 "change": change,
