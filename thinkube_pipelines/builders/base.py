@@ -1,20 +1,29 @@
-"""The image builder interface: what the build assets ask of whatever builds and pushes an image.
+"""The seams between the image graph and whatever builds and runs images.
 
-`BuildahBuilder` (buildah, vfs storage, chroot isolation) implements it on development machines and CI; a
-BuildKit builder that runs as a Kubernetes Job on a GPU node implements the same two methods in
-production. Assets declare a resource of type `ImageBuilder` and get either one.
+`ImageBuilder` builds a `BuildRequest` and pushes it; `ImageRunner` runs a command in an image pulled by
+digest from the registry. Both take only what can travel to another machine (a build context archive with
+its digest, credentials, the registry's CA as text), never a path on this machine's disk: in the cluster
+the work happens in a Kubernetes Job on a GPU node. What an image *is* (size, creation time, base) is read
+afterwards from the registry (`RegistryClient.image_facts`), so that every builder reports the same facts
+the same way.
+
+Implementations: `BuildahBuilder`/`BuildahRunner` (builders/buildah.py) and `DockerBuilder`/`DockerRunner`
+(builders/docker.py, the local Docker engine); the Kubernetes ones arrive with the cluster environment.
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import io
+import os
+import tarfile
 from abc import abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import datetime
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import dagster as dg
-from pydantic import Field
 
 LineSink = Callable[[str], None]
 """Receives each log line of a build or run as it is produced (without its trailing newline)."""
@@ -23,6 +32,9 @@ LOG_TAIL_LINES = 40
 """How many of the last log lines a result or an error carries."""
 
 DEFAULT_RUN_TIMEOUT_S = 300.0
+DEFAULT_PLATFORM = "linux/amd64"
+IGNORED_PARTS = frozenset({"__pycache__", ".ipynb_checkpoints", ".git"})
+"""Folder names never part of a build context (editor and interpreter droppings)."""
 
 
 @dataclass(frozen=True)
@@ -34,24 +46,97 @@ class RegistryAuth:
     password: str = field(repr=False)
 
 
+@dataclass(frozen=True)
+class RegistryAccess:
+    """How a builder or runner reaches the registry: credentials, TLS verification, a private CA."""
+
+    auth: RegistryAuth | None = None
+    tls_verify: bool = True
+    """Verify the registry's TLS certificate; False also allows plain HTTP (a local registry)."""
+    ca_pem: str | None = field(default=None, repr=False)
+    """PEM text of the CA that signed the registry's certificate (a private CA), or None."""
+
+    def secrets(self) -> tuple[str, ...]:
+        """What must never reach a log line."""
+        if self.auth is None or not self.auth.password:
+            return ()
+        token = base64.b64encode(f"{self.auth.username}:{self.auth.password}".encode()).decode()
+        return (self.auth.password, token)
+
+
+@dataclass(frozen=True)
+class BuildContext:
+    """A build context that can travel: a reproducible tar archive of an image folder, and its digest.
+
+    The archive is the same bytes for the same files on any machine (sorted entries, no timestamps or
+    owners, modes reduced to 0644/0755), so its digest is the folder's content hash.
+    """
+
+    archive: bytes = field(repr=False)
+    digest: str
+    dockerfile: str = "Dockerfile"
+    """The Dockerfile's path inside the archive."""
+
+    @classmethod
+    def from_files(cls, root: Path, files: Iterable[PurePosixPath], dockerfile: str = "Dockerfile"):
+        buffer = io.BytesIO()
+        with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
+            for relative in sorted(files):
+                path = root / relative
+                info = tarfile.TarInfo(relative.as_posix())
+                info.size = path.stat().st_size
+                info.mode = 0o755 if os.access(path, os.X_OK) else 0o644
+                info.mtime = 0
+                with path.open("rb") as handle:
+                    tar.addfile(info, handle)
+        archive = buffer.getvalue()
+        return cls(archive=archive, digest="sha256:" + hashlib.sha256(archive).hexdigest(), dockerfile=dockerfile)
+
+    @classmethod
+    def from_folder(cls, folder: Path, dockerfile: str = "Dockerfile") -> BuildContext:
+        """The context of every file under `folder` (except `IGNORED_PARTS`)."""
+        return cls.from_files(folder, context_files(folder), dockerfile)
+
+    def verify(self) -> None:
+        """Raise unless the archive is the one its digest names (it travelled intact)."""
+        actual = "sha256:" + hashlib.sha256(self.archive).hexdigest()
+        if actual != self.digest:
+            raise ValueError(f"build context: archive digest {actual} is not {self.digest}")
+
+    def extract_to(self, directory: Path) -> Path:
+        """Unpack into `directory` after checking the digest; returns `directory`."""
+        self.verify()
+        directory.mkdir(parents=True, exist_ok=True)
+        with tarfile.open(fileobj=io.BytesIO(self.archive), mode="r") as tar:
+            tar.extractall(directory, filter="data")
+        return directory
+
+
+def context_files(folder: Path) -> list[PurePosixPath]:
+    """The files of a folder that make up its build context, relative to it, sorted."""
+    found = []
+    for path in folder.rglob("*"):
+        relative = PurePosixPath(path.relative_to(folder).as_posix())
+        if path.is_file() and not IGNORED_PARTS.intersection(relative.parts):
+            found.append(relative)
+    return sorted(found)
+
+
 @dataclass(frozen=True, kw_only=True)
 class BuildRequest:
-    """One image to build from a Dockerfile and push to `target`."""
+    """One image to build from a travelling context and push to `target`."""
 
     image_name: str
     """The image's name in `images/` (used in messages)."""
-    context_dir: Path
-    """The build context."""
-    dockerfile: Path
-    """The Dockerfile (usually `context_dir / "Dockerfile"`)."""
+    context: BuildContext
     build_args: dict[str, str] = field(default_factory=dict)
     target: str
-    """Full reference to tag and push, e.g. `127.0.0.1:5000/library/jupyter-x:src-3f2a9c1e`."""
+    """Full reference to tag and push, e.g. `127.0.0.1:5000/library/jupyter-x:build-3f2a9c1e…`."""
     labels: dict[str, str] = field(default_factory=dict)
-    push_auth: RegistryAuth | None = None
-    """Credentials for the target's registry (also used to pull a parent image from it)."""
-    tls_verify: bool = True
-    """Verify the registry's TLS certificate; False also allows plain HTTP (a local test registry)."""
+    """Image config labels, applied without a layer of their own."""
+    platform: str = DEFAULT_PLATFORM
+    registry: RegistryAccess = field(default_factory=RegistryAccess)
+    """How to reach the target's registry (also to pull a parent or base image from it)."""
 
     @property
     def registry_host(self) -> str:
@@ -61,32 +146,47 @@ class BuildRequest:
 
 @dataclass(frozen=True)
 class BuildResult:
-    """What a successful build and push produced."""
+    """What a successful build and push produced. Further facts come from the registry."""
 
     reference: str
     """The pushed reference (the request's target)."""
     digest: str
     """`sha256:…` of the pushed manifest, exactly as the registry serves it for the tag."""
-    base_digest: str | None
-    """Digest of the image the Dockerfile's (last) FROM resolved to, when the builder can tell."""
-    created: datetime
-    """When the image config says it was created (UTC)."""
     duration_s: float
     """Build and push, wall clock."""
     log_tail: tuple[str, ...]
     """The last log lines."""
-    image_id: str | None = None
-    """The builder's local id of the image (its config digest), when it keeps one."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunRequest:
+    """A command to run in an image that the registry serves, named by digest."""
+
+    image: str
+    """`host/repository@sha256:…`: never a tag, so what runs is exactly what was built and checked."""
+    argv: list[str]
+    gpus: int = 0
+    """GPUs the command needs (0: none)."""
+    timeout_s: float = DEFAULT_RUN_TIMEOUT_S
+    registry: RegistryAccess = field(default_factory=RegistryAccess)
+
+    def __post_init__(self) -> None:
+        if "@sha256:" not in self.image:
+            raise ValueError(f"run: {self.image!r} is not a digest reference (host/repository@sha256:…)")
+        if not self.argv:
+            raise ValueError("run: argv is empty")
+        if self.gpus < 0:
+            raise ValueError(f"run: gpus must be 0 or more, not {self.gpus}")
 
 
 @dataclass(frozen=True)
 class RunResult:
-    """A command run inside a built image."""
+    """A command run inside an image."""
 
     returncode: int
+    """The command's exit status; 124 when it ran past its time limit."""
     output: str
-    """Its standard output and standard error, merged line by line (lines of one stream keep their order;
-    between the two streams the order is not guaranteed)."""
+    """Its standard output and standard error, merged line by line."""
 
 
 class BuildError(Exception):
@@ -105,6 +205,11 @@ class BuildError(Exception):
         super().__init__(message)
 
 
+class RunError(RuntimeError):
+    """An image could not be run at all (pull failed, no GPU available, engine down): not the command's
+    own failure, which is a `RunResult` with a non-zero return code."""
+
+
 def registry_host_of(reference: str) -> str:
     """The registry host of a fully qualified image reference (`host[:port]/repo[:tag|@digest]`)."""
     first, _, rest = reference.partition("/")
@@ -114,40 +219,26 @@ def registry_host_of(reference: str) -> str:
 
 
 class ImageBuilder(dg.ConfigurableResource):
-    """Builds an image from a Dockerfile, pushes it, and runs commands in built images.
+    """Builds an image from a `BuildRequest` and pushes it to the request's target.
 
-    An abstract resource: configure one of its implementations (`BuildahBuilder`, or the Kubernetes
-    BuildKit builder) and pass it wherever an asset asks for an `ImageBuilder`.
+    An abstract resource: configure one of its implementations and pass it wherever an asset asks for an
+    `ImageBuilder`.
     """
-
-    base_mirror: str | None = Field(
-        default=None,
-        description="An image reference to build root images FROM instead of their upstream base, for "
-        "machines that cannot reach the upstream registry (see `with_base_mirror`).",
-    )
-
-    def with_base_mirror(self, build_args: dict[str, str], arg: str = "BASE_IMAGE") -> dict[str, str]:
-        """`build_args` with `arg` set to `base_mirror` when one is configured (for root images only:
-        the caller decides which images and which argument)."""
-        if not self.base_mirror:
-            return dict(build_args)
-        return {**build_args, arg: self.base_mirror}
 
     @abstractmethod
     def build(self, request: BuildRequest, on_line: LineSink | None = None) -> BuildResult:
-        """Build `request`, then push it to `request.target`; return what the registry now serves.
+        """Build `request`, then push it to `request.target`; return the digest the registry now serves.
 
         Every log line goes to `on_line` as it is produced. Raises `BuildError` naming the failing step.
         """
         raise NotImplementedError(f"{type(self).__name__} does not implement ImageBuilder.build")
 
+
+class ImageRunner(dg.ConfigurableResource):
+    """Runs a command in an image pulled by digest from the registry (the smoke check, the GPU test)."""
+
     @abstractmethod
-    def run(
-        self,
-        reference: str,
-        argv: list[str],
-        on_line: LineSink | None = None,
-        timeout_s: float = DEFAULT_RUN_TIMEOUT_S,
-    ) -> RunResult:
-        """Run `argv` inside the built image `reference` and return its exit code and output."""
-        raise NotImplementedError(f"{type(self).__name__} does not implement ImageBuilder.run")
+    def run(self, request: RunRequest, on_line: LineSink | None = None) -> RunResult:
+        """Pull `request.image`, run `request.argv` in it within `request.timeout_s` with `request.gpus`
+        GPUs, and return its exit status and output. Raises `RunError` when it cannot run at all."""
+        raise NotImplementedError(f"{type(self).__name__} does not implement ImageRunner.run")
