@@ -25,6 +25,7 @@ import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any, Literal
 from urllib.parse import quote, urljoin, urlsplit
 
@@ -132,6 +133,32 @@ class Manifest:
     def size(self) -> int:
         """Bytes the image takes in the registry: config plus layers (0 for an index)."""
         return (self.config.size if self.config else 0) + sum(layer.size for layer in self.layers)
+
+
+@dataclass(frozen=True)
+class ImageFacts:
+    """An image as the registry serves it: the record every builder's result is read from."""
+
+    digest: str
+    size: int
+    """Bytes in the registry: config plus layers."""
+    created: datetime | None
+    labels: dict[str, str]
+    """The image config's labels (the OCI annotations we set at build time are labels here)."""
+    annotations: dict[str, str]
+    """The manifest's annotations, where the builder wrote any."""
+
+
+def _parse_timestamp(raw: object) -> datetime | None:
+    """An RFC 3339 timestamp as an aware UTC datetime (registries and builders print nanoseconds)."""
+    if not isinstance(raw, str):
+        return None
+    match = re.fullmatch(r"(.*T\d\d:\d\d:\d\d)(?:\.(\d+))?(Z|[+-]\d\d:\d\d)", raw)
+    if match is None:
+        return None
+    whole, fraction, zone = match.groups()
+    text = whole + f".{(fraction or '0')[:6]:0<6}" + ("+00:00" if zone == "Z" else zone)
+    return datetime.fromisoformat(text).astimezone(UTC)
 
 
 @dataclass(frozen=True)
@@ -392,6 +419,107 @@ class RegistryClient:
             if link:
                 path = self._resolve(link.group(1))[1]
         return found
+
+    def blob(self, repository: str, digest: str) -> bytes:
+        """The bytes of blob `digest` (a config or layer), verified against the digest."""
+        validate_repository(repository)
+        validate_digest(digest)
+        action = f"get blob {digest} of {repository}"
+        response = self._request(
+            "GET",
+            f"/v2/{repository}/blobs/{digest}",
+            action=action,
+            scope=f"repository:{repository}:pull",
+            allow_redirects=True,
+        )
+        if digest.startswith("sha256:") and sha256_digest(response.content) != digest:
+            raise DigestMismatch(
+                f"registry {self.url}: {action}: the bytes do not hash to the digest",
+                registry=self.url,
+                action=action,
+            )
+        return response.content
+
+    def image_facts(self, repository: str, reference: str) -> ImageFacts:
+        """What an image is, read from the registry alone (its manifest and config): the same facts
+        whichever builder pushed it. Two requests."""
+        manifest = self.manifest(repository, reference)
+        if manifest.config is None:
+            raise RegistryError(
+                f"registry {self.url}: {image_reference(repository, reference)} is an index, not an image",
+                registry=self.url,
+                action="read image facts",
+            )
+        config = json.loads(self.blob(repository, manifest.config.digest))
+        labels = (config.get("config") or {}).get("Labels") or {}
+        annotations = manifest.json.get("annotations") or {}
+        return ImageFacts(
+            digest=manifest.digest,
+            size=manifest.size,
+            created=_parse_timestamp(config.get("created")),
+            labels=dict(labels),
+            annotations=dict(annotations),
+        )
+
+    def push_blob(self, repository: str, data: bytes) -> str:
+        """Upload `data` as a blob unless the registry already has it (monolithic upload); its digest."""
+        validate_repository(repository)
+        digest = sha256_digest(data)
+        if self.blob_exists(repository, digest):
+            return digest
+        action = f"upload blob {digest} to {repository}"
+        scope = f"repository:{repository}:pull,push"
+        started = self._request(
+            "POST", f"/v2/{repository}/blobs/uploads/", action=action, scope=scope, expect=(202,)
+        )
+        location = started.headers.get("Location")
+        if not location:
+            raise RegistryError(
+                f"registry {self.url}: {action}: no upload Location in the answer",
+                registry=self.url,
+                action=action,
+            )
+        origin, path = self._resolve(location)
+        if origin != self.url:
+            raise RegistryError(
+                f"registry {self.url}: {action}: the upload was redirected to {origin}",
+                registry=self.url,
+                action=action,
+            )
+        self._request(
+            "PUT",
+            path,
+            action=action,
+            scope=scope,
+            params={"digest": digest},
+            headers={"Content-Type": "application/octet-stream"},
+            data=data,
+            expect=(201,),
+        )
+        return digest
+
+    def put_manifest(self, repository: str, reference: str, raw: bytes, media_type: str) -> str:
+        """Store manifest bytes under `reference` (a tag); returns the digest the registry stored."""
+        validate_repository(repository)
+        validate_reference(reference)
+        digest = sha256_digest(raw)
+        action = f"put manifest {image_reference(repository, reference)}"
+        response = self._request(
+            "PUT",
+            f"/v2/{repository}/manifests/{reference}",
+            action=action,
+            scope=f"repository:{repository}:pull,push",
+            headers={"Content-Type": media_type},
+            data=raw,
+        )
+        stored = response.headers.get("Docker-Content-Digest")
+        if stored and stored != digest:
+            raise DigestMismatch(
+                f"registry {self.url}: {action}: the registry stored the manifest as {stored}",
+                registry=self.url,
+                action=action,
+            )
+        return digest
 
     def check_push_access(self, repository: str) -> None:
         """Prove that we may push to `repository`: open a blob upload session, then cancel it.
