@@ -1,26 +1,35 @@
-"""Image builders: the `ImageBuilder` interface and its implementations."""
+"""Image builders and runners: the seams (`ImageBuilder`, `ImageRunner`) and their implementations."""
 
 from thinkube_pipelines.builders.base import (
+    BuildContext,
     BuildError,
     BuildRequest,
     BuildResult,
     ImageBuilder,
+    ImageRunner,
     LineSink,
+    RegistryAccess,
     RegistryAuth,
+    RunError,
+    RunRequest,
     RunResult,
 )
-from thinkube_pipelines.builders.buildah import BuildahBuilder, BuildahNotFound
-from thinkube_pipelines.builders.debian_base import make_debian_base
+from thinkube_pipelines.builders.buildah import BuildahBuilder, BuildahNotFound, BuildahRunner
 
 __all__ = [
+    "BuildContext",
     "BuildError",
     "BuildRequest",
     "BuildResult",
     "BuildahBuilder",
     "BuildahNotFound",
+    "BuildahRunner",
     "ImageBuilder",
+    "ImageRunner",
     "LineSink",
+    "RegistryAccess",
     "RegistryAuth",
+    "RunError",
+    "RunRequest",
     "RunResult",
-    "make_debian_base",
 ]

@@ -90,7 +90,9 @@ class BuildContext:
                 with path.open("rb") as handle:
                     tar.addfile(info, handle)
         archive = buffer.getvalue()
-        return cls(archive=archive, digest="sha256:" + hashlib.sha256(archive).hexdigest(), dockerfile=dockerfile)
+        return cls(
+            archive=archive, digest="sha256:" + hashlib.sha256(archive).hexdigest(), dockerfile=dockerfile
+        )
 
     @classmethod
     def from_folder(cls, folder: Path, dockerfile: str = "Dockerfile") -> BuildContext:

@@ -1,23 +1,30 @@
 """A Debian base image with Python, made from Debian's own packages (no upstream image registry needed).
 
-`mmdebstrap` writes a root filesystem tarball (cached by suite and package list), which is imported into the
-builder's storage as a one-layer image. Used where the upstream base registry is out of reach: tests, CI,
-`make demo`. Idempotent: an image already stored with the same key is reused as it is.
+`mmdebstrap` writes a root filesystem tarball (cached by suite and package list), which is published to
+the registry as a one-layer image. Used where the upstream base registry is out of reach: tests, CI,
+`make demo` (as THINKUBE_BASE_MIRROR). Idempotent: an image published with the same key is reused.
 """
 
 from __future__ import annotations
 
+import gzip
 import hashlib
+import json
 import os
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
 from thinkube_pipelines.builders.base import LineSink
-from thinkube_pipelines.builders.buildah import BuildahBuilder, stream_command
+from thinkube_pipelines.builders.streamed import stream_command
+from thinkube_pipelines.registry.client import OCI_MANIFEST, RegistryClient
 from thinkube_pipelines.settings import state_dir
 
-DEFAULT_REFERENCE = "localhost/thinkube-base:bookworm"
+DEFAULT_REPOSITORY_NAME = "thinkube-base"
+"""The base's repository inside the registry's project: `<project>/thinkube-base`."""
+DEFAULT_TAG = "bookworm"
+OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
+OCI_LAYER_GZIP = "application/vnd.oci.image.layer.v1.tar+gzip"
 DEFAULT_SUITE = "bookworm"
 DEFAULT_PACKAGES = ("python3", "python3-venv", "python3-pip", "ca-certificates", "git")
 KEY_LABEL = "org.thinkube.base.key"
@@ -80,50 +87,56 @@ def rootfs_tarball(
     return tarball
 
 
-def make_debian_base(
-    builder: BuildahBuilder,
-    reference: str = DEFAULT_REFERENCE,
+def publish_debian_base(
+    client: RegistryClient,
+    repository: str,
+    tag: str = DEFAULT_TAG,
     suite: str = DEFAULT_SUITE,
     packages: Sequence[str] = DEFAULT_PACKAGES,
     cache_dir: Path | None = None,
     mirror: str | None = None,
     on_line: LineSink | None = None,
 ) -> str:
-    """Make (or reuse) `reference` in `builder`'s storage; return its image id.
+    """Publish (or reuse) a one-layer Debian base as `repository:tag` in the registry; its digest.
 
-    Skips everything when an image made from the same suite and packages is already stored under
-    `reference`; skips `mmdebstrap` when its tarball is cached.
+    The registry is where every builder (buildah here, BuildKit in the cluster) pulls a base from, so the
+    base is uploaded straight from the rootfs tarball: no builder is needed. Skips everything when the
+    tag already holds an image made from the same suite and packages (one manifest and one config
+    request); skips `mmdebstrap` when its tarball is cached.
     """
     key = base_key(suite, packages, mirror)
-    if builder.image_exists(reference):
-        info = builder.inspect_image(reference)
-        labels = (info.get("OCIv1") or {}).get("config", {}).get("Labels") or {}
-        if labels.get(KEY_LABEL) == key:
-            return info["FromImageID"]
+    if client.digest_of(repository, tag) is not None:
+        facts = client.image_facts(repository, tag)
+        if facts.labels.get(KEY_LABEL) == key:
+            return facts.digest
     tarball = rootfs_tarball(suite, packages, cache_dir, mirror, on_line)
-    container = builder.create_container("scratch")
-    try:
-        steps = [
-            ["add", container, str(tarball), "/"],
-            [
-                "config",
-                "--env",
-                f"PATH={IMAGE_PATH}",
-                "--cmd",
-                "/bin/bash",
-                "--label",
-                f"{KEY_LABEL}={key}",
-                container,
-            ],
-            ["commit", "--rm", container, reference],
-        ]
-        for args in steps:
-            if on_line is not None:
-                on_line(f"buildah {' '.join(args)}")
-            result = stream_command(builder.buildah_argv(*args), on_line, timeout_s=MMDEBSTRAP_TIMEOUT_S)
-            if result.returncode != 0:
-                tail = "\n".join(result.lines[-20:])
-                raise DebianBaseError(f"buildah {args[0]} for {reference} failed:\n{tail}")
-    finally:
-        builder.remove_container(container)
-    return builder.inspect_image(reference)["FromImageID"]
+    if on_line is not None:
+        on_line(f"compressing {tarball.name} ({tarball.stat().st_size // 1_000_000} MB)")
+    raw = tarball.read_bytes()
+    layer = gzip.compress(raw, compresslevel=1, mtime=0)
+    diff_id = "sha256:" + hashlib.sha256(raw).hexdigest()
+    del raw
+    config = {
+        "architecture": "amd64",
+        "os": "linux",
+        "created": "1970-01-01T00:00:00Z",
+        "config": {"Env": [f"PATH={IMAGE_PATH}"], "Cmd": ["/bin/bash"], "Labels": {KEY_LABEL: key}},
+        "rootfs": {"type": "layers", "diff_ids": [diff_id]},
+        "history": [{"created": "1970-01-01T00:00:00Z", "created_by": f"mmdebstrap {suite}"}],
+    }
+    config_raw = json.dumps(config, sort_keys=True, separators=(",", ":")).encode()
+    if on_line is not None:
+        on_line(f"uploading the layer ({len(layer) // 1_000_000} MB) to {client.url}/{repository}")
+    layer_digest = client.push_blob(repository, layer)
+    config_digest = client.push_blob(repository, config_raw)
+    manifest = {
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": {"mediaType": OCI_CONFIG, "digest": config_digest, "size": len(config_raw)},
+        "layers": [{"mediaType": OCI_LAYER_GZIP, "digest": layer_digest, "size": len(layer)}],
+    }
+    raw_manifest = json.dumps(manifest, sort_keys=True, separators=(",", ":")).encode()
+    digest = client.put_manifest(repository, tag, raw_manifest, OCI_MANIFEST)
+    if on_line is not None:
+        on_line(f"{client.host}/{repository}:{tag} -> {digest}")
+    return digest
