@@ -30,7 +30,7 @@ def test_read_and_tag_through_bearer_tokens(bearer_registry: BearerRegistry) -> 
     repository = _repository()
     digest = push_test_image(server, repository, "build-1", content=b"bearer\n")
     client = RegistryClient(server.url, server.username, server.password, timeout_s=10)
-    blobs_before = server.blob_count()
+    mark = server.mark()
     asked_before = len(bearer_registry.token_requests)
 
     manifest = client.manifest(repository, "build-1")
@@ -41,7 +41,10 @@ def test_read_and_tag_through_bearer_tokens(bearer_registry: BearerRegistry) -> 
     assert client.tag(repository, digest, "latest") == digest
     assert sorted(client.tags(repository)) == ["build-1", "latest", "stable"]
 
-    assert server.blob_count() == blobs_before
+    # Promoting is two manifest PUTs; not one blob upload was started.
+    assert server.manifest_puts(repository, "stable", since=mark) == 1
+    assert server.manifest_puts(repository, "latest", since=mark) == 1
+    assert server.blob_uploads(since=mark) == 0
     asked = bearer_registry.token_requests[asked_before:]
     # One token per scope, cached: one to pull, one to push, not one per request. (The registry names
     # the actions of a scope in any order: "pull,push" or "push,pull".)
@@ -74,8 +77,15 @@ def test_reader_may_pull_but_not_push(bearer_registry: BearerRegistry) -> None:
     with pytest.raises(RegistryUnauthorized, match="lacks the access") as caught:
         reader.tag(repository, digest, "promoted")
     assert server.url in str(caught.value)
+    mark = server.mark()
     with pytest.raises(RegistryUnauthorized, match="lacks the access"):
         reader.check_push_access(repository)
+    # The registry refused the upload (401) and opened no session.
+    refused = server.requests("POST", rf"^/v2/{repository}/blobs/uploads/$", since=mark)
+    assert refused and {entry.status for entry in refused} == {401}
+    assert server.blob_uploads(repository, since=mark) == 0
+    assert server.open_uploads(repository) == {}
+    assert server.manifest_puts(repository, "promoted") == 0
     assert "promoted" not in RegistryClient(server.url, server.username, server.password).tags(repository)
 
 

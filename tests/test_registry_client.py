@@ -67,7 +67,7 @@ def test_tag_promotes_a_digest_without_pushing_layers(
 ) -> None:
     repository = _repository()
     digest = push_test_image(registry, repository, "build-1", content=b"promote me\n")
-    blobs_before = registry.blob_count()
+    mark = registry.mark()
 
     assert client.tag(repository, digest, "2026.11.25-3f2a9c1") == digest
     assert client.tag(repository, digest, "latest") == digest
@@ -75,7 +75,36 @@ def test_tag_promotes_a_digest_without_pushing_layers(
     assert client.digest_of(repository, "2026.11.25-3f2a9c1") == digest
     assert client.digest_of(repository, "latest") == digest
     assert sorted(client.tags(repository)) == ["2026.11.25-3f2a9c1", "build-1", "latest"]
-    assert registry.blob_count() == blobs_before
+    # One manifest PUT per tag, and not one blob upload started.
+    assert registry.manifest_puts(repository, "2026.11.25-3f2a9c1", since=mark) == 1
+    assert registry.manifest_puts(repository, "latest", since=mark) == 1
+    assert registry.manifest_puts(since=mark) == 2
+    assert registry.blob_uploads(since=mark) == 0
+
+
+def test_the_access_log_counts_what_the_registry_received(registry: RegistryServer) -> None:
+    """The counters the other tests rely on: a first push uploads, the same content again does not."""
+    repository = _repository()
+    mark = registry.mark()
+    push_test_image(registry, repository, "v1", content=b"counted\n")
+
+    assert registry.blob_uploads(repository, since=mark) == 2  # the layer and the config
+    assert registry.blob_upload_completions(repository, since=mark) == 2
+    assert registry.manifest_puts(repository, "v1", since=mark) == 1
+    assert registry.blob_uploads("library/some-other-repository", since=mark) == 0
+    assert {entry.path for entry in registry.requests("POST", since=mark)} == {
+        f"/v2/{repository}/blobs/uploads/"
+    }
+
+    again = registry.mark()
+    blobs = registry.blob_count()
+    push_test_image(registry, repository, "v2", content=b"counted\n")
+
+    assert registry.blob_uploads(since=again) == 0  # skopeo found both blobs there
+    assert registry.requests("HEAD", rf"^/v2/{repository}/blobs/sha256:", since=again)
+    assert registry.manifest_puts(repository, "v2", since=again) == 1
+    assert registry.manifest_puts(repository, "v1", since=again) == 0
+    assert registry.blob_count() == blobs
 
 
 def test_wrong_password_names_the_registry_and_hides_the_password(registry: RegistryServer) -> None:
@@ -128,8 +157,18 @@ def test_tag_of_a_missing_digest_fails(client: RegistryClient) -> None:
 
 
 def test_push_access_check_leaves_nothing_behind(registry: RegistryServer, client: RegistryClient) -> None:
+    repository = _repository()
+    mark = registry.mark()
     blobs_before = registry.blob_count()
-    client.check_push_access(_repository())
+
+    client.check_push_access(repository)
+
+    # The proof of access is one upload session opened, then cancelled: no byte sent, no blob stored.
+    assert registry.blob_uploads(repository, since=mark) == 1
+    assert registry.blob_upload_cancels(repository, since=mark) == 1
+    assert registry.requests("PATCH", since=mark) == []
+    assert registry.blob_upload_completions(since=mark) == 0
+    assert registry.open_uploads(repository) == {}
     assert registry.blob_count() == blobs_before
 
 

@@ -47,14 +47,21 @@ def test_password_stays_out_of_reprs() -> None:
 
 
 def test_check_ready_against_the_real_registry(registry: RegistryServer) -> None:
+    mark = registry.mark()
     Registry(url=registry.url, username=registry.username, password=registry.password).check_ready(
         "jupyter-ml"
     )
+    # It proved push access to library/jupyter-ml with an upload it cancelled: nothing stays behind.
+    assert registry.blob_uploads("library/jupyter-ml", since=mark) == 1
+    assert registry.blob_upload_cancels("library/jupyter-ml", since=mark) == 1
+    assert registry.open_uploads("library/jupyter-ml") == {}
 
+    mark = registry.mark()
     wrong = Registry(url=registry.url, username=registry.username, password="wrong-password")
     with pytest.raises(RegistryUnauthorized) as caught:
         wrong.check_ready("jupyter-ml")
     assert registry.url in str(caught.value) and "wrong-password" not in str(caught.value)
+    assert registry.blob_uploads(since=mark) == 0
 
 
 def test_credentials_from_the_environment_in_a_dagster_run(
