@@ -101,7 +101,7 @@ def test_a_token_signed_by_another_key_gets_401(catalog: CatalogServer, oidc_pro
     impostor = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     same_kid = jwt.get_unverified_header(real)["kid"]
     forged = jwt.encode(claims, impostor, algorithm="RS256", headers={"kid": same_kid})
-    _assert_unauthorized(_post(catalog, forged), "invalid")
+    _assert_unauthorized(_post(catalog, forged), "invalid: Signature verification failed")
     unknown_kid = jwt.encode(claims, impostor, algorithm="RS256", headers={"kid": "not-a-realm-key"})
     _assert_unauthorized(_post(catalog, unknown_kid), "not signed by a key")
 
@@ -128,9 +128,23 @@ def test_a_token_from_another_issuer_gets_401(catalog: CatalogServer, oidc_provi
     _assert_unauthorized(_post(catalog, token), "not issued by")
 
 
-@pytest.mark.parametrize("garbage", ["not-a-jwt", "a.b.c", "eyJhbGciOiJSUzI1NiJ9.e30."])
-def test_a_garbled_token_gets_401(catalog: CatalogServer, garbage: str) -> None:
-    _assert_unauthorized(_post(catalog, garbage), "")
+@pytest.mark.parametrize(
+    ("garbage", "reason"),
+    [
+        ("not-a-jwt", "neither the service token nor a JWT"),  # one segment
+        ("a.b.c", "neither the service token nor a JWT"),  # three segments, no JSON header
+        # A well-formed RS256 header and empty claims, no key id and no signature:
+        ("eyJhbGciOiJSUzI1NiJ9.e30.", "not signed by a key of"),
+    ],
+    ids=["one-segment", "not-base64-json", "unsigned-rs256"],
+)
+def test_a_garbled_token_gets_401(
+    catalog: CatalogServer, oidc_provider: OidcProvider, garbage: str, reason: str
+) -> None:
+    response = _post(catalog, garbage)
+    _assert_unauthorized(response, reason)
+    if reason == "not signed by a key of":
+        assert oidc_provider.issuer in response.json()["detail"]
 
 
 def test_a_token_for_another_audience_gets_401(
