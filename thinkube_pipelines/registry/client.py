@@ -229,12 +229,35 @@ def _scope_key(scope: str) -> str:
     return " ".join(sorted(keys))
 
 
-def _connection_failure(exc: requests.RequestException) -> str:
+def _connection_failure(exc: requests.RequestException, verify: bool | str = True) -> str:
     """A short reason such as "timed out" or "[Errno 111] Connection refused" (requests' text is long)."""
+    if isinstance(exc, requests.exceptions.SSLError):
+        return _tls_failure(exc, verify)
     if isinstance(exc, requests.Timeout):
         return f"timed out ({type(exc).__name__})"
     errno = re.search(r"\[Errno -?\d+\] [^'\")]+", str(exc))
     return errno.group(0) if errno else f"connection failed ({type(exc).__name__})"
+
+
+def _tls_failure(exc: requests.exceptions.SSLError, verify: bool | str) -> str:
+    """Why the TLS handshake failed, and what to configure; `verify` is the client's `verify_tls`."""
+    text = str(exc)
+    reason = re.search(r"certificate verify failed: ([^(\"']+)", text)
+    if reason:
+        why = reason.group(1).strip().rstrip(".")
+        if "mismatch" in why:
+            return (
+                f"its TLS certificate is not valid for this host ({why}); use the host name the "
+                "certificate was issued for"
+            )
+        against = f"the CA bundle {verify}" if isinstance(verify, str) else "this machine's trusted CAs"
+        return (
+            f"its TLS certificate is not trusted ({why}; checked against {against}); configure the CA "
+            "that signed it: the registry's ca_bundle, a PEM file"
+        )
+    if "WRONG_VERSION_NUMBER" in text:
+        return "TLS handshake failed (wrong version number): no HTTPS there, is the URL's scheme http?"
+    return f"TLS handshake failed ({type(exc).__name__})"
 
 
 def _error_codes(response: requests.Response) -> str:
@@ -598,8 +621,7 @@ class RegistryClient:
                 )
             except requests.exceptions.SSLError as exc:
                 raise RegistryUnreachable(
-                    f"registry {self.url}: {action}: TLS failed ({type(exc).__name__}); check the CA bundle "
-                    "or verify_tls",
+                    f"registry {self.url}: {action}: {_tls_failure(exc, self.verify_tls)}",
                     registry=self.url,
                     action=action,
                 ) from exc
@@ -612,6 +634,12 @@ class RegistryClient:
             except requests.RequestException as exc:
                 raise RegistryError(
                     f"registry {self.url}: {action}: request failed ({type(exc).__name__})",
+                    registry=self.url,
+                    action=action,
+                ) from exc
+            except OSError as exc:  # requests: a CA bundle path that does not exist
+                raise RegistryError(
+                    f"registry {self.url}: {action}: cannot use the CA bundle {self.verify_tls!r}: {exc}",
                     registry=self.url,
                     action=action,
                 ) from exc
@@ -693,7 +721,8 @@ class RegistryClient:
             )
         except requests.RequestException as exc:
             raise RegistryUnreachable(
-                f"registry {self.url}: {action}: {what} is unreachable ({type(exc).__name__})",
+                f"registry {self.url}: {action}: {what} is unreachable "
+                f"({_connection_failure(exc, self.verify_tls)})",
                 registry=self.url,
                 action=action,
             ) from exc
@@ -894,7 +923,7 @@ class HarborClient(RegistryClient):
             )
         except requests.RequestException as exc:
             raise RegistryUnreachable(
-                f"registry {self.url} is unreachable: {action}: {_connection_failure(exc)}",
+                f"registry {self.url} is unreachable: {action}: {_connection_failure(exc, self.verify_tls)}",
                 registry=self.url,
                 action=action,
             ) from exc
