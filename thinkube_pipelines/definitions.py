@@ -13,13 +13,19 @@ from thinkube_pipelines.settings import default_images_dir
 
 
 def build_definitions(images_dir=None) -> dg.Definitions:
-    """Everything Dagster loads, for the image definitions in `images_dir` (default: ./images)."""
+    """Everything Dagster loads, for the image definitions in `images_dir` (default: ./images).
+
+    Runs execute in one process: resources (and so every required setting and secret) are initialized
+    when the run starts, before any step, and steps exchange nothing but records in the instance. In
+    the cluster each run is its own pod, and each build a Kubernetes Job.
+    """
     images = load_image_definitions(images_dir or default_images_dir())
     return dg.Definitions(
         assets=image_assets(images),
         asset_checks=smoke_checks(images),
         jobs=[build_images_job],
         resources=resources_for_environment(),
+        executor=dg.in_process_executor,
     )
 
 

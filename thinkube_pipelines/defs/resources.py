@@ -1,36 +1,29 @@
-"""Resources, and the one place that picks them per environment (this machine, or the cluster)."""
+"""Resources, and the one place that picks them per environment: `local` (this machine) or `cluster`.
+
+Every setting comes from the environment through `dg.EnvVar`, so the UI shows where a value came from and
+a secret's value is never stored or shown. A setting with a default (settings.py, written once) uses the
+default while its variable is unset; a secret an environment requires is always an `EnvVar`, so a run
+without it fails when it starts, before any build, naming the variable.
+"""
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import dagster as dg
 from pydantic import Field
 
-from thinkube_pipelines.builders.buildah import BuildahBuilder
+from thinkube_pipelines import settings as s
+from thinkube_pipelines.builders.base import DEFAULT_PLATFORM
 from thinkube_pipelines.catalog.client import CatalogClient
 from thinkube_pipelines.registry.resource import PASSWORD_ENV, USERNAME_ENV, Registry
-from thinkube_pipelines.settings import (
-    BASE_MIRROR_ENV,
-    BUILD_CA_BUNDLE_ENV,
-    CATALOG_TOKEN_ENV,
-    CATALOG_URL_ENV,
-    DEFAULT_CATALOG_URL,
-    DEFAULT_REGISTRY_PROJECT,
-    DEFAULT_REGISTRY_URL,
-    ENVIRONMENT_ENV,
-    REGISTRY_FLAVOR_ENV,
-    REGISTRY_PROJECT_ENV,
-    REGISTRY_URL_ENV,
-    setting,
-    state_dir,
-)
 
 
 class CatalogResource(dg.ConfigurableResource):
     """The image catalog (thinkube-control's image API) that `catalog_entry` writes to."""
 
-    url: str = Field(DEFAULT_CATALOG_URL, description="Base URL of the catalog service.")
+    url: str = Field(s.DEFAULT_CATALOG_URL, description="Base URL of the catalog service.")
     token: str | None = Field(
         None, description="Bearer token allowed to write (the service token or a Keycloak access token)."
     )
@@ -40,42 +33,114 @@ class CatalogResource(dg.ConfigurableResource):
         return CatalogClient(self.url, token=self.token, timeout_s=self.timeout_s)
 
 
-def _secret(name: str) -> dg.EnvVar | None:
-    """A secret passed by reference, so Dagster never shows or stores its value; None when unset."""
-    return dg.EnvVar(name) if setting(name) else None
+class BuildSettings(dg.ConfigurableResource):
+    """How images are built and published, whichever builder builds them."""
+
+    base_mirror: str | None = Field(
+        None,
+        description="An image root images build FROM instead of their pinned upstream base (for machines "
+        "that cannot reach the upstream registry): a digest reference, or a tag in our registry, which "
+        "each build resolves to its current digest.",
+    )
+    platform: str = Field(DEFAULT_PLATFORM, description="The platform images are built for.")
+    moving_tags: list[str] = Field(
+        ["latest"],
+        description="Tags moved to every newly published digest besides its immutable version tag. Empty "
+        "where the registry makes every tag immutable.",
+    )
+    smoke_timeout_s: float = Field(600.0, description="Time limit of one smoke check run.")
+
+
+def env_setting(name: str, default: Any) -> Any:
+    """`dg.EnvVar(name)` while the variable is set, else the default (which Dagster shows as a value)."""
+    return dg.EnvVar(name) if os.environ.get(name) else default
+
+
+def _truthy(name: str) -> bool:
+    return (os.environ.get(name) or "").lower() in ("1", "true", "yes")
+
+
+def _registry(**extra: Any) -> Registry:
+    """The registry with credentials by reference: required unless anonymous access is configured."""
+    anonymous = _truthy(s.REGISTRY_ANONYMOUS_ENV)
+    return Registry(
+        project=env_setting(s.REGISTRY_PROJECT_ENV, s.DEFAULT_REGISTRY_PROJECT),
+        username=None if anonymous else dg.EnvVar(USERNAME_ENV),
+        password=None if anonymous else dg.EnvVar(PASSWORD_ENV),
+        ca_bundle=env_setting(s.REGISTRY_CA_BUNDLE_ENV, None),
+        **extra,
+    )
+
+
+def _builder_and_runner(default_storage: str) -> dict[str, Any]:
+    """The local builder and runner named by THINKUBE_BUILDER: buildah (no daemon) or the Docker engine."""
+    kind = os.environ.get(s.BUILDER_ENV) or "buildah"
+    if kind == "buildah":
+        from thinkube_pipelines.builders.buildah import BuildahBuilder, BuildahRunner
+
+        storage = {
+            "storage_root": f"{default_storage}/containers/root",
+            "run_root": f"{default_storage}/containers/run",
+        }
+        return {
+            "builder": BuildahBuilder(**storage, ca_bundle=env_setting(s.BUILD_CA_BUNDLE_ENV, None)),
+            "runner": BuildahRunner(**storage),
+        }
+    if kind == "docker":
+        from thinkube_pipelines.builders.docker import DockerBuilder, DockerRunner
+
+        host = env_setting(s.DOCKER_HOST_ENV, None)
+        return {"builder": DockerBuilder(docker_host=host), "runner": DockerRunner(docker_host=host)}
+    raise ValueError(f"{s.BUILDER_ENV}={kind!r}: unknown builder; expected 'buildah' or 'docker'")
+
+
+def _build_settings() -> BuildSettings:
+    return BuildSettings(
+        base_mirror=env_setting(s.BASE_MIRROR_ENV, None),
+        platform=env_setting(s.BUILD_PLATFORM_ENV, DEFAULT_PLATFORM),
+    )
 
 
 def local_resources() -> dict[str, Any]:
-    """This machine: buildah with storage under .state/, the local registry and catalog service."""
-    containers = state_dir() / "containers"
+    """This machine: buildah (or the Docker engine), the local registry and catalog service."""
     return {
-        "builder": BuildahBuilder(
-            storage_root=str(containers / "root"),
-            run_root=str(containers / "run"),
-            base_mirror=setting(BASE_MIRROR_ENV),
-            ca_bundle=setting(BUILD_CA_BUNDLE_ENV),
-        ),
-        "registry": Registry(
-            url=setting(REGISTRY_URL_ENV, DEFAULT_REGISTRY_URL),
-            project=setting(REGISTRY_PROJECT_ENV, DEFAULT_REGISTRY_PROJECT),
-            flavor=setting(REGISTRY_FLAVOR_ENV, "distribution"),
-            username=_secret(USERNAME_ENV),
-            password=_secret(PASSWORD_ENV),
+        **_builder_and_runner(str(s.state_dir())),
+        "registry": _registry(
+            url=env_setting(s.REGISTRY_URL_ENV, s.DEFAULT_REGISTRY_URL),
+            flavor=env_setting(s.REGISTRY_FLAVOR_ENV, "distribution"),
         ),
         "catalog": CatalogResource(
-            url=setting(CATALOG_URL_ENV, DEFAULT_CATALOG_URL), token=_secret(CATALOG_TOKEN_ENV)
+            url=env_setting(s.CATALOG_URL_ENV, s.DEFAULT_CATALOG_URL), token=dg.EnvVar(s.CATALOG_TOKEN_ENV)
         ),
+        "build_settings": _build_settings(),
     }
 
 
-ENVIRONMENTS = {"local": local_resources}
+def cluster_resources() -> dict[str, Any]:
+    """The cluster: Harbor over HTTPS with the platform's CA and a robot account, the catalog service with
+    its token. Registry and catalog URLs have no default here: each must be configured.
+
+    Until the Kubernetes BuildKit builder and runner arrive, builds run in the run's own pod with the
+    builder THINKUBE_BUILDER names (buildah needs a privileged pod; the Docker engine a reachable daemon).
+    """
+    return {
+        **_builder_and_runner(str(s.state_dir())),
+        "registry": _registry(
+            url=dg.EnvVar(s.REGISTRY_URL_ENV), flavor=env_setting(s.REGISTRY_FLAVOR_ENV, "harbor")
+        ),
+        "catalog": CatalogResource(url=dg.EnvVar(s.CATALOG_URL_ENV), token=dg.EnvVar(s.CATALOG_TOKEN_ENV)),
+        "build_settings": _build_settings(),
+    }
+
+
+ENVIRONMENTS = {"local": local_resources, "cluster": cluster_resources}
 
 
 def resources_for_environment(name: str | None = None) -> dict[str, Any]:
     """The resources of `name` (default: $THINKUBE_ENVIRONMENT, else "local")."""
-    name = name or setting(ENVIRONMENT_ENV, "local")
+    name = name or s.setting(s.ENVIRONMENT_ENV, "local")
     if name not in ENVIRONMENTS:
         raise ValueError(
-            f"{ENVIRONMENT_ENV}={name!r}: unknown environment; expected one of {sorted(ENVIRONMENTS)}"
+            f"{s.ENVIRONMENT_ENV}={name!r}: unknown environment; expected one of {sorted(ENVIRONMENTS)}"
         )
     return ENVIRONMENTS[name]()

@@ -1,33 +1,48 @@
-"""The content hash of an image's sources: what makes Dagster show an image as changed."""
+"""The content hash of an image's sources: what makes Dagster show an image as changed.
+
+An image folder's own hash is the digest of its reproducible build context (builders/base.py), so the
+hash the UI shows and the context a builder receives can never disagree.
+"""
 
 from __future__ import annotations
 
 import hashlib
-from pathlib import Path
 
+from thinkube_pipelines.builders.base import BuildContext
 from thinkube_pipelines.images.spec import ImageDefinition, ImageSet
 
-_IGNORED_PARTS = {"__pycache__", ".ipynb_checkpoints", ".git"}
+
+def folder_digest(definition: ImageDefinition) -> str:
+    """The digest of the image folder's build context."""
+    return BuildContext.from_folder(definition.folder).digest
 
 
-def source_files(definition: ImageDefinition) -> list[Path]:
-    """The files of an image's folder that make up its build context, relative to it, sorted."""
-    files = (p.relative_to(definition.folder) for p in definition.folder.rglob("*") if p.is_file())
-    return sorted(f for f in files if not _IGNORED_PARTS.intersection(f.parts))
+def _chain(parent_hash: str | None, own: str) -> str:
+    digest = hashlib.sha256()
+    if parent_hash is not None:
+        digest.update(f"parent:{parent_hash}\n".encode())
+    digest.update(f"context:{own}\n".encode())
+    return digest.hexdigest()
 
 
-def source_hash(images: ImageSet, name: str) -> str:
-    """sha256 over every file of the image's folder (path and bytes), chained with its parent's hash.
+def source_hashes(images: ImageSet) -> dict[str, str]:
+    """Every image's folder hash chained with its parent's, each folder read once (parents come first).
 
     Chaining means a change in a parent's folder changes every descendant's hash too, so the whole
     chain shows as changed in the UI, not only the image whose files moved.
     """
-    definition = images[name]
-    digest = hashlib.sha256()
-    if definition.spec.parent is not None:
-        digest.update(f"parent:{source_hash(images, definition.spec.parent)}\n".encode())
-    for relative in source_files(definition):
-        path = definition.folder / relative
-        digest.update(f"file:{relative.as_posix()}:{path.stat().st_size}\n".encode())
-        digest.update(path.read_bytes())
-    return digest.hexdigest()
+    hashes: dict[str, str] = {}
+    for definition in images:
+        parent = definition.spec.parent
+        hashes[definition.name] = _chain(hashes[parent] if parent else None, folder_digest(definition))
+    return hashes
+
+
+def source_hash(images: ImageSet, name: str) -> str:
+    """One image's chained hash, reading only its own and its ancestors' folders."""
+    chain = [*reversed(images.ancestors(name)), images[name]]
+    current: str | None = None
+    for definition in chain:
+        current = _chain(current, folder_digest(definition))
+    assert current is not None
+    return current

@@ -7,17 +7,19 @@ from the environment in the caller's configuration, e.g.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
 
 import dagster as dg
 from pydantic import Field
 
-from thinkube_pipelines.builders.base import RegistryAuth
+from thinkube_pipelines.builders.base import RegistryAccess, RegistryAuth
 from thinkube_pipelines.registry.client import (
     DEFAULT_TIMEOUT_S,
     HarborClient,
     RegistryClient,
+    RegistryError,
     RegistryNotFound,
     registry_client,
     validate_digest,
@@ -77,16 +79,24 @@ class Registry(dg.ConfigurableResource):
         """host[:port] as image references name the registry, e.g. "127.0.0.1:5000"."""
         return urlsplit(self.url).netloc.rpartition("@")[2]
 
-    @property
-    def push_tls_verify(self) -> bool:
-        """Whether a builder pushing here verifies TLS: never for a plain-http registry (a local one)."""
-        return self.verify_tls and urlsplit(self.url).scheme == "https"
-
-    def push_auth(self) -> RegistryAuth | None:
-        """Credentials for a builder to push here (None: anonymous)."""
-        if not self.username:
-            return None
-        return RegistryAuth(host=self.host, username=self.username, password=self.password or "")
+    def access(self) -> RegistryAccess:
+        """How a builder or runner reaches this registry: credentials, TLS verification and our CA as text
+        (so that it travels to a build Job on another machine). Plain-http registries skip TLS."""
+        https = urlsplit(self.url).scheme == "https"
+        auth = None
+        if self.username:
+            auth = RegistryAuth(host=self.host, username=self.username, password=self.password or "")
+        ca_pem = None
+        if https and self.verify_tls and self.ca_bundle:
+            try:
+                ca_pem = Path(self.ca_bundle).read_text()
+            except OSError as exc:
+                raise RegistryError(
+                    f"registry {self.url}: cannot read its CA bundle {self.ca_bundle}: {exc.strerror}",
+                    registry=self.url,
+                    action="read the CA bundle",
+                ) from exc
+        return RegistryAccess(auth=auth, tls_verify=https and self.verify_tls, ca_pem=ca_pem)
 
     def repository(self, image_name: str) -> str:
         """The repository of an image inside the registry: "<project>/<image_name>"."""

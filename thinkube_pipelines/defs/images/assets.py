@@ -1,28 +1,48 @@
 """The asset factory: one chain `<image>/source -> build -> published -> catalog_entry` per image folder.
 
-Adding a folder to images/ adds its chain; nothing here names an image. A child's `build` takes its
-parent's `published` asset as an input and builds FROM the parent's exact digest.
+Adding a folder to images/ adds its chain; nothing here names an image. A child's `build` depends on its
+parent's `published` asset and builds FROM the digest that asset recorded. Assets hand nothing to each
+other in memory or on disk: each records what it made (records.py) and the next reads that record from the
+instance, the registry or the catalog.
 """
 
+from __future__ import annotations
+
 import re
+import sys
 from datetime import UTC, datetime
 
 import dagster as dg
 
-from thinkube_pipelines.builders.base import BuildError, BuildRequest, ImageBuilder
+from thinkube_pipelines.builders.base import (
+    LOG_TAIL_LINES,
+    BuildContext,
+    BuildError,
+    ImageBuilder,
+    context_files,
+)
 from thinkube_pipelines.catalog.entries import catalog_upsert
-from thinkube_pipelines.defs.images.outputs import BuiltImage, ImageSource, PublishedImage
-from thinkube_pipelines.defs.resources import CatalogResource
+from thinkube_pipelines.defs.images.build_plan import BaseResolutionError, pinned_base, plan_build
+from thinkube_pipelines.defs.images.records import BuiltImage, ImageSource, PublishedImage
+from thinkube_pipelines.defs.resources import BuildSettings, CatalogResource
 from thinkube_pipelines.images import ImageDefinition, ImageSet
-from thinkube_pipelines.images.source import source_files, source_hash
-from thinkube_pipelines.images.spec import BASE_IMAGE_ARG, PARENT_IMAGE_ARG
+from thinkube_pipelines.images.source import source_hash, source_hashes
 from thinkube_pipelines.registry.client import HarborClient
 from thinkube_pipelines.registry.resource import Registry
 
 BUILD_POOL = "image_builds"
 """Dagster concurrency pool of every build step: builds are heavy, the instance caps how many run at once."""
-LOG_TAIL_LINES = 40
-SOURCE_HASH_LABEL = "org.thinkube.source-hash"
+PART_TAG = "thinkube/part"
+"""Asset tag that says which part of the platform an asset belongs to (`image`, later `hub`)."""
+IMAGE_PART = "image"
+OWNERS = ["team:platform"]
+FORCE_REBUILD_TAG = "thinkube/force-rebuild"
+"""Run tag: `true` builds even when the registry already serves the build key (e.g. for fresh packages)."""
+MILESTONE = re.compile(
+    r"STEP \d+/\d+: |^#\d+ \[[^\]]+\] |^Writing manifest|^digest: sha256:|\b(error|fatal)\b", re.IGNORECASE
+)
+"""Build log lines that also go to the event log: each step (buildah's `STEP n/m:`, BuildKit's
+`#n [stage i/n]`), the push, and errors. Every line goes to the step's captured stdout."""
 
 
 def group_name(image_name: str) -> str:
@@ -34,9 +54,10 @@ def asset_key(image_name: str, stage: str) -> dg.AssetKey:
     return dg.AssetKey([image_name, stage])
 
 
-def version_tag(created: datetime, source: str) -> str:
-    """The immutable tag of a build: the day it was built and its source hash (`2026.11.25-3f2a9c1`)."""
-    return f"{created.astimezone(UTC):%Y.%m.%d}-{source[:7]}"
+def version_tag(created: datetime, digest: str) -> str:
+    """The immutable tag of an image: the day it was built and its digest (`2026.11.25-3f2a9c1`). Naming
+    the digest means a rebuild with another result gets another tag: a version tag never moves."""
+    return f"{created.astimezone(UTC):%Y.%m.%d}-{digest.removeprefix('sha256:')[:7]}"
 
 
 def log_block(lines: list[str] | tuple[str, ...]) -> dg.MetadataValue:
@@ -44,199 +65,223 @@ def log_block(lines: list[str] | tuple[str, ...]) -> dg.MetadataValue:
     return dg.MetadataValue.md("```\n" + "\n".join(lines) + "\n```")
 
 
-def image_chain(images: ImageSet, definition: ImageDefinition) -> list[dg.AssetsDefinition]:
-    """The four assets of one image."""
+class BuildLog:
+    """Where a build's lines go: every line to the step's captured stdout (the UI's raw log, a pod's log in
+    the cluster), the milestones to the event log, so that a build writes tens of events, not thousands."""
+
+    def __init__(self, context: dg.AssetExecutionContext):
+        self._log = context.log
+
+    def __call__(self, line: str) -> None:
+        print(line, file=sys.stdout, flush=True)
+        if MILESTONE.search(line):
+            self._log.info(line)
+
+
+def image_chain(
+    images: ImageSet, definition: ImageDefinition, code_version: str
+) -> list[dg.AssetsDefinition]:
+    """The four assets of one image; `code_version` is its folder's hash chained with its parent's."""
     name = definition.name
     spec = definition.spec
-    group = group_name(name)
-    code_version = source_hash(images, name)
     source_key, build_key = asset_key(name, "source"), asset_key(name, "build")
     published_key, entry_key = asset_key(name, "published"), asset_key(name, "catalog_entry")
-    kinds = {"docker"}
+    parent_key = asset_key(spec.parent, "published") if spec.parent else None
+    common = {
+        "group_name": group_name(name),
+        "owners": OWNERS,
+        "tags": {
+            PART_TAG: IMAGE_PART,
+            "thinkube/image": name,
+            **({"thinkube/gpu": "true"} if spec.gpu_required else {}),
+        },
+    }
 
     @dg.asset(
         key=source_key,
-        group_name=group,
         code_version=code_version,
         kinds={"file"},
         description=f"The files of images/{definition.folder.name}/, identified by their content hash.",
+        **common,
     )
-    def source(context: dg.AssetExecutionContext) -> dg.Output[ImageSource]:
+    def source(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
+        files = context_files(definition.folder)
+        build_context = BuildContext.from_files(definition.folder, files)
         current = source_hash(images, name)
-        files = tuple(f.as_posix() for f in source_files(definition))
         if current != code_version:
             context.log.warning(
                 f"{name}: files changed since the code location loaded; reload it to see them"
             )
-        return dg.Output(
-            ImageSource(image_name=name, source_hash=current, files=files),
-            data_version=dg.DataVersion(current),
-            metadata={"source_hash": current, "files": len(files), "folder": str(definition.folder)},
+        record = ImageSource(
+            image_name=name,
+            context_digest=build_context.digest,
+            source_hash=current,
+            files=len(files),
         )
+        return dg.MaterializeResult(metadata=record.metadata(), data_version=dg.DataVersion(current))
 
-    def run_build(
+    @dg.asset(
+        key=build_key,
+        deps=[source_key, *([parent_key] if parent_key else [])],
+        code_version=code_version,
+        pool=BUILD_POOL,
+        kinds={"docker"},
+        description=f"{spec.display_name}: built from its Dockerfile and pushed under `build-<key>`; "
+        "not built again while the registry serves that key.",
+        **common,
+    )
+    def build(
         context: dg.AssetExecutionContext,
         builder: ImageBuilder,
         registry: Registry,
-        source: ImageSource,
-        parent: PublishedImage | None,
-    ) -> dg.Output[BuiltImage]:
-        if parent is not None:
-            base_image, build_args = parent.reference, {PARENT_IMAGE_ARG: parent.reference}
-        else:
-            assert spec.base is not None  # the loader guarantees that a root image has a base
-            build_args = builder.with_base_mirror({BASE_IMAGE_ARG: spec.base.image}, BASE_IMAGE_ARG)
-            base_image = build_args[BASE_IMAGE_ARG]
-        repository = registry.repository(name)
-        registry.check_ready(name)  # fail before a long build, naming the registry, rather than after it
-        build_tag = f"build-{source.short_hash}"
-        request = BuildRequest(
-            image_name=name,
-            context_dir=definition.folder,
-            dockerfile=definition.dockerfile,
-            build_args=build_args,
-            target=f"{registry.host}/{repository}:{build_tag}",
-            labels={
-                "org.opencontainers.image.title": name,
-                "org.opencontainers.image.description": spec.description,
-                SOURCE_HASH_LABEL: source.source_hash,
-            },
-            push_auth=registry.push_auth(),
-            tls_verify=registry.push_tls_verify,
-        )
-        context.log.info(f"building {name} FROM {base_image}")
+        build_settings: BuildSettings,
+    ) -> dg.MaterializeResult:
+        client = registry.client()
         try:
-            result = builder.build(request, on_line=context.log.info)
-        except BuildError as exc:
-            raise dg.Failure(
-                description=str(exc),
-                metadata={"failing_step": exc.step or "", "log_tail": log_block(exc.log_tail)},
-            ) from exc
-        size = registry.client().manifest(repository, result.digest).size  # also proves the push landed
-        built = BuiltImage(
-            image_name=name,
-            registry=registry.host,
-            repository=repository,
-            digest=result.digest,
-            build_tag=build_tag,
-            source_hash=source.source_hash,
-            base_image=base_image,
-            base_digest=result.base_digest,
-            created=result.created,
-            duration_s=round(result.duration_s, 1),
+            if parent_key is not None:
+                from_image = PublishedImage.recorded(context.instance, parent_key).image
+            else:
+                from_image = pinned_base(definition, build_settings.base_mirror, client)
+        except BaseResolutionError as exc:
+            raise dg.Failure(description=f"{name}: {exc}") from exc
+        repository = registry.repository(name)
+        plan = plan_build(
+            definition,
+            context=BuildContext.from_folder(definition.folder),
+            from_image=from_image,
+            target_repository=f"{registry.host}/{repository}",
+            platform=build_settings.platform,
+            request_fields={"registry": registry.access()},
         )
-        return dg.Output(
-            built,
-            data_version=dg.DataVersion(result.digest),
-            metadata={
-                "image": built.reference,
-                "tags": [build_tag],
-                "digest": result.digest,
-                "size": dg.MetadataValue.int(size),
-                "base_image": base_image,
-                "base_digest": result.base_digest or "",
-                "source_hash": source.source_hash,
-                "build_duration_s": dg.MetadataValue.float(built.duration_s),
-                "log_tail": log_block(result.log_tail[-LOG_TAIL_LINES:]),
-            },
-        )
+        force = context.run.tags.get(FORCE_REBUILD_TAG, "").lower() == "true"
+        digest = None if force else client.digest_of(repository, plan.tag)
+        reused = digest is not None
+        duration_s = 0.0
+        log_tail: tuple[str, ...] = ()
+        if reused:
+            context.log.info(f"{repository}:{plan.tag} already in the registry ({digest}): not building")
+            record = _reused_record(context, digest)
+        else:
+            if force:
+                context.log.info(f"{FORCE_REBUILD_TAG}=true: building even if the registry has {plan.tag}")
+            registry.check_ready(name)  # fail before a long build, naming the registry, rather than after it
+            context.log.info(f"building {name} FROM {from_image} as {plan.tag}")
+            try:
+                result = builder.build(plan.request, on_line=BuildLog(context))
+            except BuildError as exc:
+                raise dg.Failure(
+                    description=str(exc),
+                    metadata={"failing_step": exc.step or "", "log_tail": log_block(exc.log_tail)},
+                ) from exc
+            digest, duration_s, log_tail = result.digest, result.duration_s, result.log_tail
+            context.log.info(f"pushed {repository}:{plan.tag} -> {digest} in {duration_s:.0f} s")
+            record = None
+        if record is None:
+            facts = client.image_facts(repository, digest)  # also proves the push landed
+            if facts.created is None:
+                raise dg.Failure(
+                    description=f"{name}: {repository}@{digest} has no creation time in its config"
+                )
+            record = BuiltImage(
+                image_name=name,
+                image=f"{registry.host}/{repository}@{digest}",
+                registry=registry.host,
+                repository=repository,
+                digest=digest,
+                build_key=plan.key,
+                build_tag=plan.tag,
+                base_image=from_image,
+                size=facts.size,
+                created=facts.created,
+                reused=reused,
+            )
+        metadata = {**record.metadata(), "build_duration_s": dg.MetadataValue.float(round(duration_s, 1))}
+        if log_tail:
+            metadata["log_tail"] = log_block(log_tail[-LOG_TAIL_LINES:])
+        return dg.MaterializeResult(metadata=metadata, data_version=dg.DataVersion(digest))
 
-    build_spec = {
-        "key": build_key,
-        "group_name": group,
-        "code_version": code_version,
-        "pool": BUILD_POOL,
-        "kinds": kinds,
-        "description": f"{spec.display_name}: built from its Dockerfile, pushed to the registry by digest.",
-    }
-    if spec.parent is None:
-
-        @dg.asset(ins={"source": dg.AssetIn(key=source_key)}, **build_spec)
-        def build(
-            context: dg.AssetExecutionContext, builder: ImageBuilder, registry: Registry, source: ImageSource
-        ) -> dg.Output[BuiltImage]:
-            return run_build(context, builder, registry, source, None)
-
-    else:
-
-        @dg.asset(
-            ins={
-                "source": dg.AssetIn(key=source_key),
-                "parent": dg.AssetIn(key=asset_key(spec.parent, "published")),
-            },
-            **build_spec,
-        )
-        def build(
-            context: dg.AssetExecutionContext,
-            builder: ImageBuilder,
-            registry: Registry,
-            source: ImageSource,
-            parent: PublishedImage,
-        ) -> dg.Output[BuiltImage]:
-            return run_build(context, builder, registry, source, parent)
+    def _reused_record(context: dg.AssetExecutionContext, digest: str) -> BuiltImage | None:
+        """The facts of a reused digest, from this asset's own record when it already holds that digest
+        (no registry request); None when the registry must be asked."""
+        event = context.instance.get_latest_materialization_event(build_key)
+        if event is None or event.asset_materialization is None:
+            return None
+        try:
+            previous = BuiltImage.from_metadata(event.asset_materialization.metadata)
+        except ValueError:
+            return None
+        return previous.model_copy(update={"reused": True}) if previous.digest == digest else None
 
     @dg.asset(
         key=published_key,
-        ins={"build": dg.AssetIn(key=build_key)},
-        group_name=group,
-        kinds=kinds,
-        description=f"{spec.display_name}: digest verified in the registry, tagged version and latest.",
+        deps=[build_key],
+        kinds={"docker"},
+        description=f"{spec.display_name}: digest verified in the registry and tagged with its immutable "
+        "version tag (and the moving tags).",
+        **common,
     )
     def published(
-        context: dg.AssetExecutionContext, registry: Registry, build: BuiltImage
-    ) -> dg.Output[PublishedImage]:
+        context: dg.AssetExecutionContext, registry: Registry, build_settings: BuildSettings
+    ) -> dg.MaterializeResult:
+        built = BuiltImage.recorded(context.instance, build_key)
         client = registry.client()
-        repository = build.repository
-        served = client.digest_of(repository, build.digest)
-        if served != build.digest:
+        repository = built.repository
+        served = client.digest_of(repository, built.digest)
+        if served != built.digest:
             raise dg.Failure(
-                description=f"registry {registry.url}: {repository}@{build.digest} is not there "
+                description=f"registry {registry.url}: {repository}@{built.digest} is not there "
                 f"(the registry answered {served or 'not found'}); rebuild {name}",
             )
-        tags = [version_tag(build.created, build.source_hash), "latest"]
-        for tag in tags:
-            client.tag(repository, build.digest, tag)
-            context.log.info(f"{repository}:{tag} -> {build.digest}")
-        manifest = client.manifest(repository, build.digest)
+        version = version_tag(built.created, built.digest)
+        current = client.digest_of(repository, version)
+        if current is not None and current != built.digest:
+            raise dg.Failure(
+                description=f"registry {registry.url}: version tag {repository}:{version} already names "
+                f"{current}; version tags never move, so {built.digest} cannot take it",
+            )
+        for tag in [version, *build_settings.moving_tags]:
+            if tag == version and current == built.digest:
+                continue
+            if tag != version and client.digest_of(repository, tag) == built.digest:
+                continue
+            client.tag(repository, built.digest, tag)
+            context.log.info(f"{repository}:{tag} -> {built.digest}")
         metadata: dict[str, object] = {}
         if isinstance(client, HarborClient):
-            artifact = client.artifact(registry.project, name, build.digest)
+            artifact = client.artifact(registry.project, name, built.digest)
             metadata["harbor_artifact"] = dg.MetadataValue.json(
                 {"digest": artifact.digest, "tags": list(artifact.tags), "push_time": artifact.push_time}
             )
-        image = PublishedImage(
+        record = PublishedImage(
             image_name=name,
-            registry=build.registry,
+            image=built.image,
+            registry=built.registry,
             repository=repository,
-            digest=build.digest,
-            version_tag=tags[0],
-            tags=tuple(tags),
-            size=manifest.size,
-            created=build.created,
+            digest=built.digest,
+            version_tag=version,
+            tags=[version, *build_settings.moving_tags],
+            size=built.size,
+            created=built.created,
         )
-        return dg.Output(
-            image,
-            data_version=dg.DataVersion(build.digest),
+        return dg.MaterializeResult(
             metadata={
-                "image": image.reference,
-                "tags": list(image.tags),
-                "size": dg.MetadataValue.int(image.size),
-                "size_mb": dg.MetadataValue.float(round(image.size / 1e6, 1)),
-                "registry": registry.url,
+                **record.metadata(),
+                "size_mb": dg.MetadataValue.float(round(built.size / 1e6, 1)),
+                "registry_url": dg.MetadataValue.url(registry.url),
                 **metadata,
             },
+            data_version=dg.DataVersion(built.digest),
         )
 
     @dg.asset(
         key=entry_key,
-        ins={"published": dg.AssetIn(key=published_key)},
-        group_name=group,
+        deps=[published_key],
         kinds={"api"},
         description=f"{spec.display_name}: its item in the image catalog, which the hub reads at spawn time.",
+        **common,
     )
-    def catalog_entry(
-        context: dg.AssetExecutionContext, catalog: CatalogResource, published: PublishedImage
-    ) -> dg.Output[dict]:
+    def catalog_entry(context: dg.AssetExecutionContext, catalog: CatalogResource) -> dg.MaterializeResult:
+        published = PublishedImage.recorded(context.instance, published_key)
         wanted = catalog_upsert(
             definition,
             registry=published.registry,
@@ -247,21 +292,23 @@ def image_chain(images: ImageSet, definition: ImageDefinition) -> list[dg.Assets
             last_built=published.created,
         )
         client = catalog.client()
-        item, change = client.ensure(wanted)
+        _, change = client.ensure(wanted)
         context.log.info(f"{name}: catalog item {change}")
-        return dg.Output(
-            item.model_dump(mode="json"),
-            data_version=dg.DataVersion(published.digest),
+        return dg.MaterializeResult(
             metadata={
                 "catalog_item": dg.MetadataValue.url(client.item_url(name)),
                 "digest": published.digest,
                 "tag": published.version_tag,
                 "change": change,
             },
+            data_version=dg.DataVersion(published.digest),
         )
 
     return [source, build, published, catalog_entry]
 
 
 def image_assets(images: ImageSet) -> list[dg.AssetsDefinition]:
-    return [asset for definition in images for asset in image_chain(images, definition)]
+    hashes = source_hashes(images)
+    return [
+        asset for definition in images for asset in image_chain(images, definition, hashes[definition.name])
+    ]
