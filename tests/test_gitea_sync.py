@@ -1,13 +1,24 @@
-"""gitea-sync (shipped in jupyter-base) against a real git remote served by `git daemon` on loopback."""
+"""gitea-sync (shipped in jupyter-base) against real git remotes on loopback.
+
+- `remote`: `git daemon` (anonymous git://), for cloning, pulling and refusing bad input;
+- `private_remote`: git's own `git http-backend` behind a small HTTP server that, like Gitea, answers 401
+  with a Basic challenge unless the request carries the right access token as its password. There the
+  token must reach git through the script's credential helper and appear nowhere: not in stdout or
+  stderr, not in .git/config or the remote URL, not in any file (another credential helper included).
+"""
 
 from __future__ import annotations
 
+import base64
 import os
+import secrets
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -48,8 +59,8 @@ def _wait_for_port(port: int, proc: subprocess.Popen, timeout: float = 15.0) -> 
     raise RuntimeError(f"git daemon did not listen on 127.0.0.1:{port} within {timeout} s")
 
 
-@pytest.fixture
-def remote(tmp_path: Path) -> Iterator[GitRemote]:
+def _seeded_remote(tmp_path: Path) -> tuple[Path, dict[str, str]]:
+    """A bare repository <base>/alice/analysis.git with one commit; returns (base, git environment)."""
     home = tmp_path / "home"
     home.mkdir()
     env = {
@@ -73,7 +84,12 @@ def remote(tmp_path: Path) -> Iterator[GitRemote]:
     _git(env, "add", "README.md", cwd=seed)
     _git(env, "commit", "-m", "first", cwd=seed)
     _git(env, "push", str(bare), "main", cwd=seed)
+    return base, env
 
+
+@pytest.fixture
+def remote(tmp_path: Path) -> Iterator[GitRemote]:
+    base, env = _seeded_remote(tmp_path)
     port = free_port()
     daemon = subprocess.Popen(
         [
@@ -97,6 +113,97 @@ def remote(tmp_path: Path) -> Iterator[GitRemote]:
         yield GitRemote(url=f"git://127.0.0.1:{port}", base=base, env=env)
     finally:
         stop_process(daemon)
+
+
+@dataclass
+class PrivateRemote:
+    """A password-protected HTTP git remote; `logins` lists the Basic-auth logins it accepted."""
+
+    url: str  # http://127.0.0.1:PORT, without credentials
+    base: Path
+    env: dict[str, str]
+    token: str = field(repr=False)
+    logins: list[str] = field(default_factory=list)
+    refused: int = 0  # requests answered 401
+
+
+def _git_http_server(remote: PrivateRemote) -> ThreadingHTTPServer:
+    """`git http-backend` as a CGI program, behind Basic auth that takes `remote.token` as the password."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, format: str, *args: object) -> None:  # quiet
+            pass
+
+        def _login(self) -> str | None:
+            header = self.headers.get("Authorization", "")
+            if not header.startswith("Basic "):
+                return None
+            login, _, password = base64.b64decode(header[6:]).decode().partition(":")
+            return login if secrets.compare_digest(password, remote.token) else None
+
+        def _serve(self) -> None:
+            login = self._login()
+            if login is None:
+                remote.refused += 1
+                self.send_response(401)
+                self.send_header("WWW-Authenticate", 'Basic realm="Gitea"')
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+            remote.logins.append(login)
+            path, _, query = self.path.partition("?")
+            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            cgi = {
+                "PATH": remote.env["PATH"],
+                "GIT_PROJECT_ROOT": str(remote.base),
+                "GIT_HTTP_EXPORT_ALL": "1",
+                "REQUEST_METHOD": self.command,
+                "PATH_INFO": path,
+                "QUERY_STRING": query,
+                "CONTENT_TYPE": self.headers.get("Content-Type", ""),
+                "CONTENT_LENGTH": str(len(body)),
+                "REMOTE_USER": login,
+                "REMOTE_ADDR": "127.0.0.1",
+                "GIT_PROTOCOL": self.headers.get("Git-Protocol", ""),
+                "HTTP_CONTENT_ENCODING": self.headers.get("Content-Encoding", ""),
+            }
+            done = subprocess.run(
+                ["git", "http-backend"], input=body, env=cgi, capture_output=True, timeout=60, check=False
+            )
+            head, separator, payload = done.stdout.partition(b"\r\n\r\n")
+            if not separator:
+                head, _, payload = done.stdout.partition(b"\n\n")
+            headers = [line.split(":", 1) for line in head.decode().splitlines() if ":" in line]
+            status = next((value.strip() for name, value in headers if name.lower() == "status"), "200 OK")
+            code, _, reason = status.partition(" ")
+            self.send_response(int(code), reason)
+            for name, value in headers:
+                if name.lower() != "status":
+                    self.send_header(name, value.strip())
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+
+        do_GET = _serve
+        do_POST = _serve
+
+    server = ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, name="git-http", daemon=True).start()
+    return server
+
+
+@pytest.fixture
+def private_remote(tmp_path: Path) -> Iterator[PrivateRemote]:
+    base, env = _seeded_remote(tmp_path)
+    remote = PrivateRemote(url="", base=base, env=env, token=secrets.token_hex(20))
+    server = _git_http_server(remote)
+    remote.url = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        yield remote
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 def _sync(env: dict[str, str], *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
@@ -243,3 +350,125 @@ def test_existing_folder_that_is_not_a_checkout_is_refused(remote: GitRemote, tm
     assert done.returncode != 0
     assert "not a git checkout" in done.stderr
     assert sorted(p.name for p in (notebooks / REPO).iterdir()) == ["draft.ipynb"]
+
+
+# -- private repositories: the token goes through git's credential mechanism only -------------------------
+
+
+def _files_holding(secret: str, root: Path) -> list[Path]:
+    """Every file under `root` whose bytes contain `secret`."""
+    return [path for path in root.rglob("*") if path.is_file() and secret.encode() in path.read_bytes()]
+
+
+def _assert_token_hidden(token: str, done: subprocess.CompletedProcess[str], tmp_path: Path) -> None:
+    assert token not in done.stdout, done.stdout
+    assert token not in done.stderr, done.stderr
+    assert _files_holding(token, tmp_path) == []
+
+
+def _private_env(remote: PrivateRemote, notebooks: Path, **extra: str) -> dict[str, str]:
+    env = dict(remote.env, GITEA_URL=remote.url, GITEA_USER=USER, NOTEBOOKS_DIR=str(notebooks))
+    env.update(extra)
+    return env
+
+
+def _with_token_in_url(remote: PrivateRemote, login: str, token: str) -> str:
+    return remote.url.replace("http://", f"http://{login}:{token}@")
+
+
+@pytest.mark.parametrize("given_in", ["GITEA_URL", "GITEA_TOKEN"])
+def test_a_token_clones_and_pulls_a_private_repository_without_leaving_a_trace(
+    private_remote: PrivateRemote, tmp_path: Path, given_in: str
+) -> None:
+    notebooks = tmp_path / "notebooks"
+    token = private_remote.token
+    if given_in == "GITEA_URL":
+        env = _private_env(
+            private_remote, notebooks, GITEA_URL=_with_token_in_url(private_remote, "bob", token)
+        )
+    else:
+        env = _private_env(private_remote, notebooks, GITEA_TOKEN=token)
+    # The user keeps every credential git approves: the token must not land there either.
+    _git(private_remote.env, "config", "--global", "credential.helper", "store")
+
+    first = _sync(env, REPO)
+
+    assert first.returncode == 0, first.stderr
+    checkout = notebooks / REPO
+    assert (checkout / "README.md").read_text() == "# analysis\n"
+    # The remote refused the anonymous try, then took the token with the login given (or the owner).
+    assert private_remote.refused >= 1
+    assert set(private_remote.logins) == {"bob" if given_in == "GITEA_URL" else USER}
+    origin = _git(private_remote.env, "remote", "get-url", "origin", cwd=checkout).strip()
+    assert origin == f"{private_remote.url}/{USER}/{REPO}.git"
+    assert f"{private_remote.url}/{USER}/{REPO}.git" in first.stdout
+    _assert_token_hidden(token, first, tmp_path)
+    assert not (Path(private_remote.env["HOME"]) / ".git-credentials").exists()
+
+    _push_new_commit(
+        GitRemote(private_remote.url, private_remote.base, private_remote.env), tmp_path, "r.txt", "7\n"
+    )
+    second = _sync(env, REPO)
+
+    assert second.returncode == 0, second.stderr
+    assert (checkout / "r.txt").read_text() == "7\n"
+    _assert_token_hidden(token, second, tmp_path)
+
+
+def test_a_refused_token_fails_clearly_and_stays_hidden(
+    private_remote: PrivateRemote, tmp_path: Path
+) -> None:
+    notebooks = tmp_path / "notebooks"
+    wrong = secrets.token_hex(20)
+    env = _private_env(private_remote, notebooks, GITEA_URL=_with_token_in_url(private_remote, USER, wrong))
+
+    done = _sync(env, REPO)
+
+    assert done.returncode != 0
+    assert private_remote.logins == []  # never let in
+    assert "Authentication failed" in done.stderr
+    assert f"could not clone {private_remote.url}/{USER}/{REPO}.git" in done.stderr
+    assert "check GITEA_TOKEN" in done.stderr
+    _assert_token_hidden(wrong, done, tmp_path)
+    assert not (notebooks / REPO).exists()
+
+
+def test_no_token_for_a_private_repository_names_gitea_token(
+    private_remote: PrivateRemote, tmp_path: Path
+) -> None:
+    notebooks = tmp_path / "notebooks"
+    # No terminal to prompt on: git must fail instead of waiting for a password.
+    env = _private_env(private_remote, notebooks, GIT_TERMINAL_PROMPT="0")
+
+    done = _sync(env, REPO)
+
+    assert done.returncode != 0
+    assert private_remote.logins == [] and private_remote.refused >= 1
+    assert "a private repository needs GITEA_TOKEN" in done.stderr
+    assert not (notebooks / REPO).exists()
+
+
+def test_a_token_left_in_an_old_checkouts_url_is_removed(
+    private_remote: PrivateRemote, tmp_path: Path
+) -> None:
+    """Checkouts cloned by earlier versions (token inside the remote URL) are cleaned on the next sync."""
+    notebooks = tmp_path / "notebooks"
+    token = private_remote.token
+    checkout = notebooks / REPO
+    old_url = f"{_with_token_in_url(private_remote, USER, token)}/{USER}/{REPO}.git"
+    _git(private_remote.env, "clone", old_url, str(checkout))
+    assert _files_holding(token, tmp_path) == [checkout / ".git" / "config"]
+    logins_before = len(private_remote.logins)
+    _push_new_commit(
+        GitRemote(private_remote.url, private_remote.base, private_remote.env), tmp_path, "n.txt", "1\n"
+    )
+
+    done = _sync(_private_env(private_remote, notebooks), REPO)
+
+    assert done.returncode == 0, done.stderr
+    assert (checkout / "n.txt").read_text() == "1\n"  # the old token still served this one pull
+    assert len(private_remote.logins) > logins_before
+    assert "removed the credentials stored in the origin URL" in done.stdout
+    origin = _git(private_remote.env, "remote", "get-url", "origin", cwd=checkout).strip()
+    assert origin == f"{private_remote.url}/{USER}/{REPO}.git"
+    _assert_token_hidden(token, done, tmp_path)
