@@ -13,10 +13,11 @@ CATALOG_URL := http://127.0.0.1:$(CATALOG_PORT)
 REGISTRY_PORT ?= 5000
 REGISTRY_URL := http://127.0.0.1:$(REGISTRY_PORT)
 REGISTRY_USER := thinkube
-BASE_MIRROR := localhost/thinkube-base:bookworm
+BASE_MIRROR := 127.0.0.1:$(REGISTRY_PORT)/library/thinkube-base:bookworm
 DEMO_IMAGE ?= jupyter-base
 DAGSTER_PORT ?= 3000
-# What the pipeline reads on this machine; secrets are read from files under .state/, never echoed.
+# What the pipeline reads on this machine; secrets are read from files under .state/ into the environment,
+# never onto a command line (where the process list would show them).
 PIPELINE_ENV = DAGSTER_HOME=$(CURDIR)/.dagster \
 	THINKUBE_CATALOG_URL=$(CATALOG_URL) THINKUBE_CATALOG_TOKEN=$$(cat $(STATE)/catalog-token) \
 	THINKUBE_REGISTRY_URL=$(REGISTRY_URL) THINKUBE_REGISTRY_USERNAME=$(REGISTRY_USER) \
@@ -62,26 +63,34 @@ lint: setup  ## ruff: lint and format check
 test: setup lint  ## run the whole test suite
 	$(BIN)/pytest
 
-demo: setup services base .dagster/dagster.yaml  ## set up, then build, publish and catalog $(DEMO_IMAGE) for real
+demo: setup services base .dagster/pools.stamp  ## set up, then build, publish and catalog $(DEMO_IMAGE) for real
 	$(BIN)/thinkube-pipelines images check
 	$(PIPELINE_ENV) $(BIN)/dagster asset materialize -m thinkube_pipelines.definitions \
 	    --select $(DEMO_IMAGE)/source,$(DEMO_IMAGE)/build,$(DEMO_IMAGE)/published,$(DEMO_IMAGE)/catalog_entry
 	@echo; echo "registry $(REGISTRY_URL): $(DEMO_IMAGE) tags:"
-	@curl -fsS -u $(REGISTRY_USER):$$(cat $(STATE)/registry/password) $(REGISTRY_URL)/v2/library/$(DEMO_IMAGE)/tags/list; echo
+	@curl -fsS --netrc-file $(STATE)/registry/netrc $(REGISTRY_URL)/v2/library/$(DEMO_IMAGE)/tags/list; echo
 	@echo "catalog $(CATALOG_URL)/api/v1/images/$(DEMO_IMAGE):"
 	@curl -fsS $(CATALOG_URL)/api/v1/images/$(DEMO_IMAGE) | $(BIN)/python -m json.tool
 	@echo; echo "See the graph and the materializations: make dev (Dagster UI on http://127.0.0.1:$(DAGSTER_PORT))"
 	@echo "Stop the registry and the catalog: make services-down"
 
-dev: setup services .dagster/dagster.yaml  ## the Dagster UI on the embedded instance (Ctrl-C stops it)
+dev: setup services .dagster/pools.stamp  ## the Dagster UI on the embedded instance (Ctrl-C stops it)
 	$(PIPELINE_ENV) $(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p $(DAGSTER_PORT)
 
-base: setup  ## make the Debian base image root images build FROM on this machine
-	$(BIN)/thinkube-pipelines base make --reference $(BASE_MIRROR)
+base: setup services  ## publish the Debian base image root images build FROM to the local registry
+	$(PIPELINE_ENV) $(BIN)/thinkube-pipelines base make
 
 .dagster/dagster.yaml: dagster.yaml
 	@mkdir -p .dagster
 	cp dagster.yaml $@
+
+# The instance limits the `image_builds` pool (every build step) to one at a time; no other pool is limited.
+.dagster/pools.stamp: .dagster/dagster.yaml
+	DAGSTER_HOME=$(CURDIR)/.dagster $(BIN)/dagster instance concurrency set image_builds 1
+	@touch $@
+
+bench: setup  ## run the benchmarks (bench/) and write bench/RESULTS.md
+	$(BIN)/python -m bench
 
 services: catalog-up registry-up  ## start the local registry and catalog service
 
@@ -90,7 +99,9 @@ services-down: catalog-down registry-down  ## stop them
 registry-up: setup  ## start the local registry (CNCF distribution, htpasswd auth) in the background
 	@mkdir -p $(STATE)/registry/storage
 	@[ -s $(STATE)/registry/password ] || (umask 077; $(BIN)/python -c 'import secrets; print(secrets.token_urlsafe(24))' > $(STATE)/registry/password)
-	@htpasswd -Bbn $(REGISTRY_USER) "$$(cat $(STATE)/registry/password)" > $(STATE)/registry/htpasswd 2>/dev/null
+	@# The password goes through stdin and a netrc file (printf is a shell builtin): never onto a command line.
+	@htpasswd -iBn $(REGISTRY_USER) < $(STATE)/registry/password > $(STATE)/registry/htpasswd 2>/dev/null
+	@(umask 077; printf 'machine 127.0.0.1 login %s password %s\n' $(REGISTRY_USER) "$$(cat $(STATE)/registry/password)" > $(STATE)/registry/netrc)
 	@printf 'version: 0.1\nlog: {level: warn}\nstorage: {filesystem: {rootdirectory: %s}, delete: {enabled: true}}\nhttp: {addr: 127.0.0.1:%s, secret: %s}\nauth: {htpasswd: {realm: thinkube, path: %s}}\n' \
 	    "$(CURDIR)/$(STATE)/registry/storage" "$(REGISTRY_PORT)" "$$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')" "$(CURDIR)/$(STATE)/registry/htpasswd" > $(STATE)/registry/config.yml
 	@if [ -f $(STATE)/registry.pid ] && kill -0 $$(cat $(STATE)/registry.pid) 2>/dev/null; then \
@@ -128,4 +139,4 @@ clean:  ## remove the virtualenv, node_modules and local state (images, registry
 	@$(MAKE) --no-print-directory services-down
 	rm -rf $(VENV) node_modules $(STATE) .dagster
 
-.PHONY: help setup lint test demo dev base services services-down registry-up registry-down catalog-up catalog-down clean
+.PHONY: help setup lint test demo dev base bench services services-down registry-up registry-down catalog-up catalog-down clean

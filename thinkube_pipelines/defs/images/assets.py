@@ -6,7 +6,6 @@ other in memory or on disk: each records what it made (records.py) and the next 
 instance, the registry or the catalog.
 """
 
-from __future__ import annotations
 
 import re
 import sys
