@@ -7,4 +7,5 @@ pytest_plugins = [
     "tests.fixtures.catalog",
     "tests.fixtures.buildah",
     "tests.fixtures.registry",
+    "tests.fixtures.docker",
 ]

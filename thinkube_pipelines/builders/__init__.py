@@ -15,6 +15,7 @@ from thinkube_pipelines.builders.base import (
     RunResult,
 )
 from thinkube_pipelines.builders.buildah import BuildahBuilder, BuildahNotFound, BuildahRunner
+from thinkube_pipelines.builders.docker import DockerBuilder, DockerRunner
 
 __all__ = [
     "BuildContext",
@@ -24,6 +25,8 @@ __all__ = [
     "BuildahBuilder",
     "BuildahNotFound",
     "BuildahRunner",
+    "DockerBuilder",
+    "DockerRunner",
     "ImageBuilder",
     "ImageRunner",
     "LineSink",
