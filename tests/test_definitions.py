@@ -1,13 +1,18 @@
 """The code location loads, and its graph follows images/: four assets per image, parents before children."""
 
+import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import dagster as dg
+import requests
 import yaml
 
+from tests.fixtures.network import free_port
 from thinkube_pipelines.definitions import build_definitions, defs
 from thinkube_pipelines.images import load_image_definitions
 
@@ -87,8 +92,9 @@ def test_code_version_follows_the_folder_and_its_parent(tmp_path):
 
 def test_build_steps_share_one_concurrency_pool_and_runs_are_queued():
     graph = asset_graph(defs)
-    pools = [set(graph.get(k).pools) for k in defs.resolve_all_asset_keys() if k.path[-1] == "build"]
-    assert pools and all(p == {"image_builds"} for p in pools)
+    pools = {k: set(graph.get(k).pools) for k in defs.resolve_all_asset_keys()}
+    assert {k: p for k, p in pools.items() if k.path[-1] == "build"}
+    assert all(p == ({"image_builds"} if k.path[-1] == "build" else set()) for k, p in pools.items())
     config = yaml.safe_load((REPO / "dagster.yaml").read_text())
     assert config["run_coordinator"]["class"] == "QueuedRunCoordinator"
     limits = config["concurrency"]["runs"]["tag_concurrency_limits"]
@@ -96,15 +102,95 @@ def test_build_steps_share_one_concurrency_pool_and_runs_are_queued():
     assert defs.resolve_job_def("build_images").tags["thinkube/run-kind"] == "image-build"
 
 
-def test_dagster_cli_validates_the_workspace_with_our_instance_config(tmp_path):
+def test_the_instance_limits_the_build_pool_only(tmp_path):
+    """What `make` does to the instance: the build pool gets one slot, any other pool stays unlimited."""
     shutil.copy(REPO / "dagster.yaml", tmp_path / "dagster.yaml")
+    dagster = str(Path(sys.executable).parent / "dagster")
+    env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "DAGSTER_HOME": str(tmp_path)}
+    subprocess.run(
+        [dagster, "instance", "concurrency", "set", "image_builds", "1"], env=env, check=True, timeout=120
+    )
+    with dg.DagsterInstance.from_config(str(tmp_path)) as instance:
+        assert instance.event_log_storage.get_concurrency_info("image_builds").slot_count == 1
+        assert instance.get_concurrency_config().pool_config.default_pool_limit is None
+        assert instance.event_log_storage.get_concurrency_info("hub_deploys").slot_count == 0
+
+
+def test_build_images_selects_the_image_assets_only(tmp_path):
+    @dg.asset(key=["hub", "release"], deps=[dg.AssetKey(["jupyter-base", "catalog_entry"])])
+    def hub_release() -> None: ...
+
+    images = load_image_definitions(REPO / "images")
+    mixed = dg.Definitions.merge(defs, dg.Definitions(assets=[hub_release]))
+    selected = mixed.resolve_job_def("build_images").asset_layer.selected_asset_keys
+    assert selected == {dg.AssetKey([d.name, stage]) for d in images for stage in STAGES}
+    assert dg.AssetKey(["hub", "release"]) in set(mixed.resolve_all_asset_keys())
+
+
+def test_image_assets_carry_owners_tags_and_descriptions():
+    graph = asset_graph(defs)
+    images = load_image_definitions(REPO / "images")
+    for d in images:
+        for stage in STAGES:
+            node = graph.get(dg.AssetKey([d.name, stage]))
+            assert node.owners == ["team:platform"]
+            assert node.tags["thinkube/part"] == "image" and node.tags["thinkube/image"] == d.name
+            assert (node.tags.get("thinkube/gpu") == "true") == d.spec.gpu_required
+            assert (node.description and d.spec.display_name in node.description) or stage == "source"
+
+
+def plain_shell(tmp_path: Path) -> dict[str, str]:
+    """What a new user's shell has: PATH (with the venv's dagster) and HOME; no DAGSTER_HOME, no settings."""
+    return {"PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "HOME": str(tmp_path)}
+
+
+def test_dagster_definitions_validate_works_in_a_plain_shell(tmp_path):
     result = subprocess.run(
-        [str(Path(sys.executable).parent / "dagster"), "definitions", "validate", "-w", "workspace.yaml"],
+        ["dagster", "definitions", "validate", "-w", "workspace.yaml"],
         cwd=REPO,
-        env={"PATH": str(Path(sys.executable).parent), "DAGSTER_HOME": str(tmp_path), "HOME": str(tmp_path)},
+        env=plain_shell(tmp_path),
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=300,
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "Validation successful for code location thinkube_pipelines" in result.stdout + result.stderr
+
+
+def test_dagster_dev_serves_the_graph_in_a_plain_shell(tmp_path):
+    port = free_port()
+    log = tmp_path / "dev.log"
+    with log.open("w") as out:
+        process = subprocess.Popen(
+            ["dagster", "dev", "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(port)],
+            cwd=REPO,
+            env=plain_shell(tmp_path),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,  # its own process group: stopped whole below, by its id
+        )
+    try:
+        query = "{ assetNodes { assetKey { path } } }"
+        nodes = None
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline and process.poll() is None:
+            try:
+                answer = requests.post(f"http://127.0.0.1:{port}/graphql", json={"query": query}, timeout=5)
+                nodes = answer.json()["data"]["assetNodes"]
+                if nodes:
+                    break
+            except (requests.RequestException, ValueError, KeyError, TypeError):
+                pass
+            time.sleep(1)
+        assert nodes, log.read_text()[-3000:]
+        images = load_image_definitions(REPO / "images")
+        assert {tuple(n["assetKey"]["path"]) for n in nodes} == {(d.name, s) for d in images for s in STAGES}
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+    assert not list(REPO.glob(".tmp_dagster_home_*")), "dagster dev left its temporary home behind"
