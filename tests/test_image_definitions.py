@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from thinkube_pipelines.images import ImageDefinitionError, load_image_definitions
+from thinkube_pipelines.images.lock import PLATFORM, LockInputs, render_lock, sha256_text
 
 REPO = Path(__file__).resolve().parents[1]
 DIGEST = "sha256:" + "a" * 64
@@ -36,7 +37,29 @@ def write_image(root: Path, folder: str, requirements: str = "jupyterlab==4.2.5\
     (path / "requirements.txt").write_text(requirements)
     arg = "PARENT_IMAGE" if spec.get("parent") else "BASE_IMAGE"
     (path / "Dockerfile").write_text(f"ARG {arg}\nFROM ${{{arg}}}\n")
+    write_lock(root, folder)
     return path
+
+
+def write_lock(root: Path, folder: str) -> None:
+    """A fresh lock made offline (a made-up hash per pin), so that these tests stay about image.yaml and
+    requirements.txt; none when an ancestor has no lock (a broken chain reports other problems)."""
+    ancestors: list[tuple[str, str]] = []
+    parent = yaml.safe_load((root / folder / "image.yaml").read_text()).get("parent")
+    while parent:
+        lock = root / parent / "requirements.lock"
+        if not lock.is_file() or parent in dict(ancestors):
+            return
+        ancestors.append((parent, sha256_text(lock.read_bytes())))
+        try:
+            parent = yaml.safe_load((root / parent / "image.yaml").read_text()).get("parent")
+        except yaml.YAMLError:
+            return
+    requirements = root / folder / "requirements.txt"
+    inputs = LockInputs("3.11", PLATFORM, sha256_text(requirements.read_bytes()), tuple(ancestors))
+    pins = [line.split("#")[0].strip() for line in requirements.read_text().splitlines()]
+    body = "".join(f"{pin} --hash=sha256:{'0' * 64}\n" for pin in pins if "==" in pin)
+    (root / folder / "requirements.lock").write_text(render_lock(inputs, body))
 
 
 def problems_of(images_dir: Path) -> list[str]:
@@ -103,6 +126,57 @@ def test_unknown_parent(tmp_path):
     write_image(tmp_path, "img", parent="nowhere")
     [problem] = problems_of(tmp_path)
     assert "img/image.yaml: parent: 'nowhere' is not an image in images/" in problem
+
+
+@pytest.mark.parametrize("breakage", ["field", "dockerfile", "yaml"])
+def test_child_of_an_invalid_parent_says_the_parent_is_invalid(tmp_path, breakage):
+    parent = write_image(tmp_path, "p", gpu_required="no" if breakage == "field" else False)
+    if breakage == "dockerfile":
+        (parent / "Dockerfile").unlink()
+    if breakage == "yaml":
+        (parent / "image.yaml").write_text("name: p\ndisplay_name: [unclosed\n")
+    write_image(tmp_path, "c", parent="p")
+    problems = problems_of(tmp_path)
+    [own] = [p for p in problems if p.startswith(str(parent))]
+    [child] = [p for p in problems if p.startswith(str(tmp_path / "c"))]
+    assert child == f"{tmp_path / 'c' / 'image.yaml'}: parent: 'p' is invalid, fix it first: {own}"
+    assert "is not an image" not in child
+
+
+def test_parent_named_differently_from_its_folder_is_still_found_invalid(tmp_path):
+    write_image(tmp_path, "folder-p", name="p", cpu_limit=0)
+    write_image(tmp_path, "c", parent="p")
+    problems = problems_of(tmp_path)
+    assert any(
+        "c/image.yaml: parent: 'p' is invalid, fix it first: " in p and "cpu_limit" in p for p in problems
+    )
+
+
+def test_missing_or_stale_lock_is_reported_once_the_definitions_are_sound(tmp_path):
+    write_image(tmp_path, "p")
+    write_image(tmp_path, "c", parent="p", requirements="torch==2.4.1\n")
+    assert load_image_definitions(tmp_path).names == ["p", "c"]
+    (tmp_path / "c" / "requirements.lock").unlink()
+    (tmp_path / "c" / "image.yaml").write_text("name: c\nparent: p\n")  # and definition problems
+    problems = problems_of(tmp_path)
+    assert problems and all(p.startswith(str(tmp_path / "c" / "image.yaml")) for p in problems), (
+        "definitions first: the locks are checked once they are sound"
+    )
+    write_image(tmp_path, "c2", parent="p")
+    (tmp_path / "c").rename(tmp_path / ".c")  # hidden folders are not images
+    (tmp_path / "c2" / "requirements.lock").unlink()
+    [problem] = problems_of(tmp_path)
+    assert problem == (
+        f"{tmp_path / 'c2' / 'requirements.lock'}: image 'c2' has no lock: "
+        "make it with `thinkube-pipelines images lock c2`"
+    )
+    write_image(tmp_path / "again", "c2", requirements="torch==2.4.1\n")
+    (tmp_path / "again" / "c2" / "requirements.txt").write_text("torch==2.5.0\n")
+    [problem] = problems_of(tmp_path / "again")
+    assert problem.startswith(
+        f"{tmp_path / 'again' / 'c2' / 'requirements.lock'}: requirements.txt: image 'c2': stale"
+    )
+    assert load_image_definitions(tmp_path / "again", check_locks=False).names == ["c2"]
 
 
 def test_cycle_is_reported_once_with_its_path(tmp_path):

@@ -1,20 +1,21 @@
-"""Every image's requirements pin with ==, and each image's full set (its own plus its ancestors') resolves.
+"""Every image's requirements pin with ==, and its committed requirements.lock pins its full set with hashes.
 
-The full set of an image is what ends up in its venv: jupyter-base's requirements, then each child's on
-top, following the `parent` chain of image.yaml. pip's resolver checks that set for the Python version of
-the root ancestor's base image, on the Linux x86_64 platform of Debian bookworm, without installing
-anything (`pip install --dry-run --report`). These tests read image.yaml with PyYAML on purpose, so they
-do not depend on the code location's own loader.
+The full set of an image is what ends up in its venv: jupyter-base's packages, then each child's on top,
+following the `parent` chain of image.yaml. `thinkube-pipelines images lock` resolves it once, for the
+Python version of the root ancestor's base image on Linux x86-64 (manylinux, glibc 2.36 of Debian
+bookworm), into images/<name>/requirements.lock; the build installs exactly that lock with hash checking.
+These tests check the committed locks instead of re-resolving every image: offline, that each is made
+from today's requirements.txt and ancestor locks, hashes every package, carries every pin of the chain and
+keeps its parent's versions; with the package index (slow), that each lock is closed under dependencies.
+They read image.yaml and the locks with PyYAML and regular expressions on purpose, so they do not depend
+on the code location's own loader.
 """
 
 from __future__ import annotations
 
-import json
-import os
+import hashlib
 import re
 import subprocess
-import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,26 +41,8 @@ PLAN_GPU_PINS = {
     "jupyterlab-nvdashboard": "0.11.0",
 }
 
-# Debian bookworm ships glibc 2.36: every manylinux wheel up to that runs on both supported bases.
-BOOKWORM_GLIBC_MINOR = 36
-TARGET_PLATFORMS = [
-    *(f"manylinux_2_{minor}_x86_64" for minor in range(BOOKWORM_GLIBC_MINOR, 4, -1)),
-    "manylinux2014_x86_64",
-    "manylinux2010_x86_64",
-    "manylinux1_x86_64",
-    "linux_x86_64",
-]
-# pip settings from the environment that may stay: how to reach an index, not what to install.
-_PIP_ENV_KEPT = {
-    "PIP_CERT",
-    "PIP_CLIENT_CERT",
-    "PIP_PROXY",
-    "PIP_DEFAULT_TIMEOUT",
-    "PIP_RETRIES",
-    "PIP_INDEX_URL",
-    "PIP_TRUSTED_HOST",
-}
-RESOLVE_TIMEOUT_S = 600
+LOCK = "requirements.lock"
+CLOSURE_TIMEOUT_S = 300
 
 
 @dataclass(frozen=True)
@@ -141,90 +124,27 @@ def full_pins(specs: dict[str, ImageSpec], name: str) -> dict[str, str]:
     return merged
 
 
-def _pip_env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PIP_") or k in _PIP_ENV_KEPT}
-    # No pip configuration files: a machine's find-links, extra indexes or constraints must not change
-    # the answer. The image build sees only the public index.
-    env.update(PIP_CONFIG_FILE=os.devnull, PIP_DISABLE_PIP_VERSION_CHECK="1", PIP_NO_INPUT="1")
-    return env
-
-
-_PIP_PROGRESS = ("Collecting ", "  Downloading ", "  Using cached ", "  Obtaining ", "[notice]")
-
-
-def _pip_explanation(output: str) -> str:
-    """pip's output without its progress lines: the errors and "The conflict is caused by:" section."""
-    lines = [line for line in output.splitlines() if not line.startswith(_PIP_PROGRESS)]
-    return "\n".join(lines).strip()
+def sha256_of(path: Path) -> str:
+    return "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 @dataclass(frozen=True)
-class Resolution:
-    ok: bool
-    installed: dict[str, str]  # canonical name -> version, when ok
-    explanation: str  # pip's stderr, when not
-    seconds: float
+class Lock:
+    header: dict[str, str]  # "python", "requirements.txt", "ancestor <name>", ...
+    packages: dict[str, tuple[str, list[str]]]  # canonical name -> (version, sha256 hashes)
 
 
-def resolve(requirement_files: list[Path], python_version: str, workdir: Path) -> Resolution:
-    report = workdir / "report.json"
-    command = [
-        sys.executable,
-        "-m",
-        "pip",
-        "install",
-        "--dry-run",
-        "--ignore-installed",
-        "--progress-bar=off",
-        "--report",
-        str(report),
-        "--python-version",
-        python_version,
-        "--implementation",
-        "cp",
-        "--only-binary=:all:",
-        *(arg for platform in TARGET_PLATFORMS for arg in ("--platform", platform)),
-        "--target",
-        str(workdir / "target"),
-    ]
-    for path in requirement_files:
-        command += ["-r", str(path)]
-    started = time.monotonic()
-    done = subprocess.run(
-        command,
-        env=_pip_env(),
-        cwd=workdir,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        timeout=RESOLVE_TIMEOUT_S,
-        check=False,
-    )
-    seconds = time.monotonic() - started
-    if done.returncode != 0:
-        return Resolution(False, {}, _pip_explanation(done.stdout), seconds)
-    items = json.loads(report.read_text())["install"]
-    installed = {canonicalize_name(i["metadata"]["name"]): i["metadata"]["version"] for i in items}
-    return Resolution(True, installed, "", seconds)
-
-
-def _explain(image: str, chain: list[ImageSpec], python: str, resolution: Resolution) -> str:
-    files = ", ".join(f"images/{s.name}/requirements.txt" for s in chain)
-    tail = "\n".join(resolution.explanation.splitlines()[-80:])
-    return (
-        f"image {image}: its full requirement set ({files}) does not resolve for Python {python} "
-        f"on manylinux x86_64 (glibc 2.{BOOKWORM_GLIBC_MINOR}). pip says:\n{tail}"
-    )
-
-
-def check_full_set_resolves(images_dir: Path, name: str, workdir: Path) -> Resolution:
-    specs = read_images(images_dir)
-    chain = lineage(specs, name)
-    python = chain[0].python
-    assert python is not None
-    resolution = resolve([s.requirements for s in chain], python, workdir)
-    assert resolution.ok, _explain(name, chain, python, resolution)
-    return resolution
+def read_lock(folder: Path) -> Lock:
+    text = (folder / LOCK).read_text()
+    head, _, body = text.partition("\n\n")
+    header = dict(line[2:].split(": ", 1) for line in head.splitlines()[1:])
+    packages = {}
+    for entry in body.replace("\\\n", " ").splitlines():
+        match = re.match(r"^([A-Za-z0-9][\w.-]*)(?:\[[^\]]*\])?==(\S+)", entry)
+        if match:
+            hashes = re.findall(r"--hash=sha256:([0-9a-f]{64})", entry)
+            packages[canonicalize_name(match.group(1))] = (match.group(2), hashes)
+    return Lock(header, packages)
 
 
 SPECS = read_images(IMAGES_DIR)
@@ -302,43 +222,74 @@ def test_dockerfile_follows_the_builder_conventions(image: str):
     first_from = next(line for line in text.splitlines() if line.startswith("FROM"))
     assert first_from.strip() == f"FROM ${{{arg}}}", f"images/{image}/Dockerfile must build FROM ${{{arg}}}"
     assert re.search(rf"^ARG {arg}\s*$", text, re.M), f"images/{image}/Dockerfile: ARG {arg} needs no default"
-    # every image installs its own requirements the same way: its pins, its ancestors' as constraints
+    # every image installs its lock the same way: exactly its packages, hash-checked
+    assert f"COPY {LOCK} /opt/thinkube/requirements/{image}.lock" in text, f"images/{image}/Dockerfile"
     assert re.search(rf"\binstall-requirements {image}$", text, re.M), f"images/{image}/Dockerfile"
+    assert "pip install" not in text, f"images/{image}/Dockerfile: install through install-requirements"
     if not SPECS[image].parent:  # children inherit the entry point
         assert 'CMD ["jupyterhub-singleuser"]' in text
 
 
+@pytest.mark.parametrize("image", IMAGE_NAMES)
+def test_lock_is_made_from_todays_files_and_pins_the_full_set_with_hashes(image: str):
+    chain = lineage(SPECS, image)
+    folder = IMAGES_DIR / image
+    assert (folder / LOCK).is_file(), (
+        f"images/{image}/{LOCK} is missing: thinkube-pipelines images lock {image}"
+    )
+    lock = read_lock(folder)
+    assert lock.header["python"] == chain[0].python
+    assert lock.header["requirements.txt"] == sha256_of(folder / "requirements.txt"), (
+        f"images/{image}/{LOCK} is stale: thinkube-pipelines images lock {image}"
+    )
+    recorded = [(k.removeprefix("ancestor "), v) for k, v in lock.header.items() if k.startswith("ancestor ")]
+    assert recorded == [(s.name, sha256_of(s.folder / LOCK)) for s in reversed(chain[:-1])]
+
+    unhashed = [name for name, (_, hashes) in lock.packages.items() if not hashes]
+    assert not unhashed, f"images/{image}/{LOCK}: no hash for {unhashed}"
+    locked = {name: version for name, (version, _) in lock.packages.items()}
+    wanted = full_pins(SPECS, image)
+    differs = {k: (locked.get(k), v) for k, v in wanted.items() if locked.get(k) != v}
+    assert not differs, (
+        f"images/{image}/{LOCK} differs from the pins of its chain (locked, pinned): {differs}"
+    )
+    assert len(locked) > len(wanted), "the lock pins the dependencies too, not only the top-level pins"
+    if SPECS[image].parent:
+        parent = read_lock(IMAGES_DIR / SPECS[image].parent).packages
+        moved = {
+            k: (lock.packages.get(k, ("-",))[0], v[0]) for k, v in parent.items() if lock.packages.get(k) != v
+        }
+        assert not moved, f"image {image} moves what its parent locked (here, parent): {moved}"
+
+
+def test_the_gpu_locks_carry_torch_with_its_cuda_wheels():
+    for image in ("jupyter-ml-gpu", "jupyter-fine-tuning"):
+        packages = read_lock(IMAGES_DIR / image).packages
+        assert packages["torch"][0] == "2.4.1"
+        cuda = {name for name in packages if name.startswith("nvidia-") and name.endswith("-cu12")}
+        assert {"nvidia-cudnn-cu12", "nvidia-cublas-cu12", "nvidia-nccl-cu12"} <= cuda
+        assert "triton" in packages
+    # the drift the lock exists for: JupyterLab 4.2 with the IPython of its time
+    assert read_lock(IMAGES_DIR / "jupyter-base").packages["ipython"][0].startswith("8.")
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("image", IMAGE_NAMES)
-def test_full_requirement_set_resolves(image: str, tmp_path: Path):
-    resolution = check_full_set_resolves(IMAGES_DIR, image, tmp_path)
-    expected = full_pins(SPECS, image)
-    got = resolution.installed
-    differs = {k: (got.get(k), v) for k, v in expected.items() if got.get(k) != v}
-    assert not differs, f"image {image}: pip resolved other versions than pinned (got, pinned): {differs}"
-    print(f"{image}: {len(resolution.installed)} packages resolved in {resolution.seconds:.1f} s")
+def test_lock_is_closed_under_dependencies(image: str, tmp_path: Path):
+    """Resolving the lock itself adds nothing and moves nothing: every dependency is in it."""
+    from uv import find_uv_bin
 
-
-@pytest.mark.slow
-def test_resolver_check_reports_a_conflict_naming_the_image_and_packages(tmp_path: Path):
-    images = tmp_path / "images"
-    (images / "root").mkdir(parents=True)
-    (images / "root" / "image.yaml").write_text("name: root\nbase:\n  image: x\n  python: '3.11'\n")
-    (images / "root" / "requirements.txt").write_text("jupyterlab==4.2.5\n")
-    (images / "leaf").mkdir()
-    (images / "leaf" / "image.yaml").write_text("name: leaf\nparent: root\n")
-    # jupyterlab 4.2.5 needs jupyter_server>=2.4.0,<3: pinning 1.24.0 in the child cannot resolve.
-    (images / "leaf" / "requirements.txt").write_text("jupyter-server==1.24.0\n")
-    workdir = tmp_path / "work"
-    workdir.mkdir()
-
-    with pytest.raises(AssertionError) as excinfo:
-        check_full_set_resolves(images, "leaf", workdir)
-
-    message = str(excinfo.value)
-    assert "image leaf" in message
-    assert "images/root/requirements.txt, images/leaf/requirements.txt" in message
-    assert "The conflict is caused by:" in message
-    assert "jupyterlab 4.2.5 depends on jupyter-server" in message.replace("_", "-")
-    assert "jupyter-server==1.24.0" in message.replace("_", "-")
-    assert "Collecting " not in message, "pip's progress lines should be left out"
+    python = lineage(SPECS, image)[0].python
+    assert python is not None
+    command = [find_uv_bin(), "pip", "compile", "--quiet", "--no-header", "--no-annotate"]
+    command += ["--python-version", python, "--python-platform", "x86_64-manylinux_2_36"]
+    command += [str(IMAGES_DIR / image / LOCK), "--output-file", str(tmp_path / "out.txt")]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=CLOSURE_TIMEOUT_S, check=False)
+    assert done.returncode == 0, f"images/{image}/{LOCK} does not resolve as it is:\n{done.stderr}"
+    resolved = {}
+    for line in (tmp_path / "out.txt").read_text().splitlines():
+        name, _, version = line.partition("==")
+        if version:
+            resolved[canonicalize_name(name)] = version.strip()
+    locked = {name: version for name, (version, _) in read_lock(IMAGES_DIR / image).packages.items()}
+    assert resolved == locked

@@ -9,16 +9,17 @@ from pathlib import Path
 
 from thinkube_pipelines import settings
 from thinkube_pipelines.images import ImageDefinitionError, ImageSet, load_image_definitions
+from thinkube_pipelines.images.lock import LockError, lock_images, lock_problems, locked_packages
 
 
 class CommandError(Exception):
     """Stops a command with exit status 1; the message says what is wrong and where."""
 
 
-def _load(images_dir: Path | None) -> ImageSet:
+def _load(images_dir: Path | None, *, check_locks: bool = True) -> ImageSet:
     images_dir = images_dir or settings.default_images_dir()
     try:
-        return load_image_definitions(images_dir)
+        return load_image_definitions(images_dir, check_locks=check_locks)
     except ImageDefinitionError as exc:
         lines = [f"{images_dir}: {len(exc.problems)} problem(s) in the image definitions:"]
         lines += [f"  {problem}" for problem in exc.problems]
@@ -30,19 +31,50 @@ def _images_check(args: argparse.Namespace) -> int:
     return 0
 
 
-def _base_make(args: argparse.Namespace) -> int:
-    """Make a Debian base with Python in the local builder's storage, for machines where the upstream
-    base registry is out of reach; point THINKUBE_BASE_MIRROR at it."""
-    # Imported here: they pull in Dagster, which `images check` does not need.
-    from thinkube_pipelines.builders.debian_base import DEFAULT_REFERENCE, DebianBaseError, make_debian_base
-    from thinkube_pipelines.defs.resources import local_resources
-
-    reference = args.reference or DEFAULT_REFERENCE
+def _images_lock(args: argparse.Namespace) -> int:
+    """Refresh the locks of the named images and their descendants (all images when none is named)."""
+    images = _load(args.dir, check_locks=False)
     try:
-        image_id = make_debian_base(local_resources()["builder"], reference=reference, on_line=print)
-    except DebianBaseError as exc:
+        results = lock_images(
+            images, args.names, upgrade=args.upgrade, exclude_newer=args.exclude_newer, on_line=print
+        )
+    except LockError as exc:
         raise CommandError(str(exc)) from None
-    print(f"{reference} ({image_id[:19]}): use it with {settings.BASE_MIRROR_ENV}={reference}")
+    changed = sum(r.changed for r in results)
+    print(f"{len(results)} image(s) locked, {changed} lock(s) changed")
+    left = lock_problems(images)
+    if left:
+        print(f"{len(left)} other image(s) still need a new lock:")
+        print("\n".join(f"  {problem}" for problem in left))
+    return 0
+
+
+def _base_make(args: argparse.Namespace) -> int:
+    """Publish a Debian base with Python to the registry, for machines where the upstream base registry is
+    out of reach; point THINKUBE_BASE_MIRROR at it. Uses the registry settings of the code location."""
+    # Imported here: they pull in Dagster, which `images check` does not need.
+    from dagster import DagsterError
+
+    from thinkube_pipelines.builders.debian_base import (
+        DEFAULT_REPOSITORY_NAME,
+        DEFAULT_TAG,
+        DebianBaseError,
+        publish_debian_base,
+    )
+    from thinkube_pipelines.defs.resources import local_resources
+    from thinkube_pipelines.registry.client import RegistryError
+
+    try:
+        registry = local_resources()["registry"].process_config_and_initialize()
+    except DagsterError as exc:
+        raise CommandError(f"registry settings: {exc}") from None
+    repository = registry.repository(DEFAULT_REPOSITORY_NAME)
+    try:
+        digest = publish_debian_base(registry.client(), repository, DEFAULT_TAG, on_line=print)
+    except (DebianBaseError, RegistryError) as exc:
+        raise CommandError(str(exc)) from None
+    reference = f"{registry.host}/{repository}:{DEFAULT_TAG}"
+    print(f"{reference} ({digest}): use it with {settings.BASE_MIRROR_ENV}={reference}")
     return 0
 
 
@@ -53,7 +85,9 @@ def _describe(images: ImageSet) -> str:
         origin = f"parent {d.spec.parent}" if d.spec.base is None else f"base {d.spec.base.image}"
         flags = [f for f, on in (("gpu", d.spec.gpu_required), ("default", d.spec.default)) if on]
         suffix = f"  [{', '.join(flags)}]" if flags else ""
-        lines.append(f"{d.name:<{width}}  {origin}  ({len(d.requirements)} pins){suffix}")
+        locked = locked_packages(d.lock_file.read_text(encoding="utf-8")) if d.lock_file.is_file() else {}
+        counts = f"{len(d.requirements)} pins, {len(locked)} locked"
+        lines.append(f"{d.name:<{width}}  {origin}  ({counts}){suffix}")
     lines.append(f"{len(images)} image(s) OK")
     return "\n".join(lines)
 
@@ -71,6 +105,26 @@ def build_parser() -> argparse.ArgumentParser:
         "dir", nargs="?", type=Path, help=f"images folder (default: ${settings.IMAGES_DIR_ENV} or ./images)"
     )
     check.set_defaults(handler=_images_check)
+    lock = images_commands.add_parser(
+        "lock",
+        help="resolve each image's requirements.lock (every package with its hashes), parents first",
+        description="Write images/<name>/requirements.lock with `uv pip compile` for the image's Python on "
+        "Linux x86-64: the named images and their descendants, or every image when none is named. "
+        "Versions already locked are kept where they still fit, unless --upgrade.",
+    )
+    lock.add_argument("names", nargs="*", metavar="NAME", help="images to lock (default: all)")
+    lock.add_argument(
+        "--dir", type=Path, help=f"images folder (default: ${settings.IMAGES_DIR_ENV} or ./images)"
+    )
+    lock.add_argument(
+        "--upgrade", action="store_true", help="resolve everything anew instead of keeping locked versions"
+    )
+    lock.add_argument(
+        "--exclude-newer",
+        metavar="DATE",
+        help="leave out files uploaded after DATE (e.g. 2024-09-25): resolve as of when the pins were chosen",
+    )
+    lock.set_defaults(handler=_images_lock)
     base = commands.add_parser("base", help="base images for root images")
     base_commands = base.add_subparsers(dest="base_command", required=True)
     make = base_commands.add_parser(

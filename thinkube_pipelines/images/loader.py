@@ -8,6 +8,7 @@ from pathlib import Path
 import yaml
 from pydantic import ValidationError
 
+from thinkube_pipelines.images.lock import lock_problems
 from thinkube_pipelines.images.requirements import parse_pinned_requirements
 from thinkube_pipelines.images.spec import (
     BASE_IMAGE_ARG,
@@ -23,27 +24,37 @@ from thinkube_pipelines.images.spec import (
 )
 
 
-def load_image_definitions(images_dir: Path | str) -> ImageSet:
+def load_image_definitions(images_dir: Path | str, *, check_locks: bool = True) -> ImageSet:
     """Load every image folder under `images_dir`, parents ordered before children.
 
     Raises ImageDefinitionError listing all problems at once, so an operator fixes them in one pass.
+    Once the definitions are sound, each image's requirements.lock must be there and match its
+    requirements.txt and its ancestors' locks (offline hash comparisons); `check_locks=False` is only
+    for `images lock`, which is what makes them match.
     """
     images_dir = Path(images_dir)
     if not images_dir.is_dir():
         raise ImageDefinitionError([Problem(images_dir, "", "images folder does not exist")])
     problems: list[Problem] = []
     loaded: list[ImageDefinition] = []
+    invalid: dict[str, Problem] = {}  # image name (or folder name) -> the first problem of a folder
     for folder in sorted(p for p in images_dir.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        before = len(problems)
         definition = _load_folder(folder, problems)
         if definition is not None:
             loaded.append(definition)
+        elif len(problems) > before:
+            for name in {folder.name, _declared_name(folder)} - {None}:
+                invalid.setdefault(name, problems[before])
     if not loaded and not problems:
         problems.append(Problem(images_dir, "", f"no image folders (each needs an {IMAGE_YAML})"))
     by_name = _reject_duplicates(loaded, problems)
-    _check_parents(by_name, problems)
+    _check_parents(by_name, invalid, problems)
     ordered = _parents_first(by_name, problems)
     if not problems:
         _check_pins_agree_with_ancestors(ImageSet(tuple(ordered)), problems)
+    if not problems and check_locks:
+        problems.extend(lock_problems(ImageSet(tuple(ordered))))
     if problems:
         raise ImageDefinitionError(problems)
     return ImageSet(tuple(ordered))
@@ -102,12 +113,28 @@ def _reject_duplicates(loaded: list[ImageDefinition], problems: list[Problem]) -
     return by_name
 
 
-def _check_parents(by_name: dict[str, ImageDefinition], problems: list[Problem]) -> None:
+def _declared_name(folder: Path) -> str | None:
+    """The `name` an image.yaml declares, read leniently: for naming a parent that failed to load."""
+    try:
+        raw = yaml.safe_load((folder / IMAGE_YAML).read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError):
+        return None
+    name = raw.get("name") if isinstance(raw, dict) else None
+    return name if isinstance(name, str) else None
+
+
+def _check_parents(
+    by_name: dict[str, ImageDefinition], invalid: dict[str, Problem], problems: list[Problem]
+) -> None:
     for d in by_name.values():
-        if d.spec.parent is not None and d.spec.parent not in by_name:
-            problems.append(
-                Problem(d.folder / IMAGE_YAML, "parent", f"'{d.spec.parent}' is not an image in images/")
-            )
+        parent = d.spec.parent
+        if parent is None or parent in by_name:
+            continue
+        if parent in invalid:
+            message = f"'{parent}' is invalid, fix it first: {invalid[parent]}"
+        else:
+            message = f"'{parent}' is not an image in images/"
+        problems.append(Problem(d.folder / IMAGE_YAML, "parent", message))
 
 
 def _parents_first(by_name: dict[str, ImageDefinition], problems: list[Problem]) -> list[ImageDefinition]:

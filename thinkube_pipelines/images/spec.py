@@ -15,6 +15,8 @@ from thinkube_pipelines.catalog.contract import CpuLimit, ImageName, MemLimit
 DOCKERFILE = "Dockerfile"
 REQUIREMENTS = "requirements.txt"
 IMAGE_YAML = "image.yaml"
+LOCK_FILE = "requirements.lock"
+"""Every package of the image (its ancestors' too) pinned with its hashes; made by `images lock`."""
 
 # Build arguments through which the builder hands an image its FROM: root images get their pinned base
 # (an operator may point it at a mirror), children get their parent's exact digest.
@@ -93,6 +95,10 @@ class ImageDefinition:
     @property
     def requirements_file(self) -> Path:
         return self.folder / REQUIREMENTS
+
+    @property
+    def lock_file(self) -> Path:
+        return self.folder / LOCK_FILE
 
 
 @dataclass(frozen=True)
