@@ -146,3 +146,17 @@ def test_serve_with_an_unusable_database_exits_naming_the_setting(
     assert reason in result.stderr
     assert "Traceback" not in result.stderr
     assert "s3cr3t-pw" not in result.stdout + result.stderr
+
+
+def test_the_database_password_never_shows_in_the_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    from thinkube_pipelines.catalog.settings import CatalogSettings
+
+    monkeypatch.setenv(
+        "THINKUBE_CATALOG_DATABASE_URL", "postgresql://catalog:s3cr3t-pw@db.example.org/catalog"
+    )
+    settings = CatalogSettings()
+    for shown in (repr(settings), str(settings), settings.model_dump_json()):
+        assert "s3cr3t-pw" not in shown
+    assert settings.database_url.get_secret_value() == (
+        "postgresql+psycopg://catalog:s3cr3t-pw@db.example.org/catalog"
+    )

@@ -60,7 +60,7 @@ def _not_found(name: str) -> HTTPException:
 def create_app(settings: CatalogSettings | None = None) -> FastAPI:
     """The catalog app over the database named by `settings` (read from the environment if omitted)."""
     settings = settings or CatalogSettings()
-    engine = connect(settings.database_url)
+    engine = connect(settings.database_url.get_secret_value())
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:

@@ -41,9 +41,9 @@ def _settings() -> CatalogSettings:
 def _migrate(settings: CatalogSettings) -> None:
     from thinkube_pipelines.catalog import schema
 
-    shown = make_url(settings.database_url).render_as_string(hide_password=True)
+    shown = make_url(settings.database_url.get_secret_value()).render_as_string(hide_password=True)
     try:
-        schema.upgrade(settings.database_url)
+        schema.upgrade(settings.database_url.get_secret_value())
     except (SQLAlchemyError, OSError, ImportError) as error:
         reason = getattr(error, "orig", None) or error
         first_line = str(reason).strip().splitlines()[0] if str(reason).strip() else type(reason).__name__

@@ -8,7 +8,6 @@ the hub's profile code works against either.
 
 from __future__ import annotations
 
-import re
 from datetime import UTC, datetime
 from typing import Annotated, Self
 
@@ -111,8 +110,3 @@ class CatalogItem(_CatalogFields):
     """What the catalog returns for one image."""
 
     model_config = ConfigDict(extra="ignore")
-
-
-def is_valid_image_name(name: str) -> bool:
-    """Whether `name` is usable as an image name in the catalog."""
-    return len(name) <= 128 and re.fullmatch(IMAGE_NAME_PATTERN, name) is not None

@@ -22,8 +22,8 @@ class CatalogSettings(BaseSettings):
 
     model_config = SettingsConfigDict(validate_by_name=True, validate_by_alias=True, extra="ignore")
 
-    database_url: str = Field(
-        DEFAULT_DATABASE_URL,
+    database_url: SecretStr = Field(
+        SecretStr(DEFAULT_DATABASE_URL),
         validation_alias=DATABASE_URL_ENV,
         description=(
             "SQLAlchemy URL of the catalog database: sqlite:///path/to/catalog.db or "
@@ -61,9 +61,11 @@ class CatalogSettings(BaseSettings):
 
     @field_validator("database_url")
     @classmethod
-    def _parsable_url(cls, value: str) -> str:
+    def _parsable_url(cls, value: SecretStr) -> SecretStr:
+        """A parsable URL of a supported database, held as a secret: it may carry a password, so no
+        repr, log line or error shows it (`.get_secret_value()` where it is used)."""
         try:
-            url = make_url(value)
+            url = make_url(value.get_secret_value())
         except ArgumentError:
             # The message must not echo the value: it may hold a password.
             raise ValueError("is not a database URL (expected e.g. sqlite:///catalog.db)") from None
@@ -74,7 +76,7 @@ class CatalogSettings(BaseSettings):
         # Bare postgresql:// would pick psycopg2; the catalog is written for psycopg 3.
         if url.drivername in ("postgresql", "postgres"):
             url = url.set(drivername="postgresql+psycopg")
-        return url.render_as_string(hide_password=False)
+        return SecretStr(url.render_as_string(hide_password=False))
 
     @field_validator("token", "oidc_issuer", "oidc_audience", mode="before")
     @classmethod

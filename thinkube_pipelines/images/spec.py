@@ -32,10 +32,6 @@ class BaseImage(BaseModel):
     image: Annotated[str, Field(pattern=r"^[^\s@]+@sha256:[0-9a-f]{64}$")]
     python: Annotated[str, Field(pattern=r"^3\.[0-9]+$")]
 
-    @property
-    def digest(self) -> str:
-        return self.image.rsplit("@", 1)[1]
-
 
 class ImageSpec(BaseModel):
     """The contents of image.yaml: the single source of truth for an image's metadata."""

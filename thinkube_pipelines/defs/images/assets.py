@@ -6,7 +6,6 @@ other in memory or on disk: each records what it made (records.py) and the next 
 instance, the registry or the catalog.
 """
 
-
 import re
 import sys
 from datetime import UTC, datetime
