@@ -68,7 +68,7 @@ def _load_folder(folder: Path, problems: list[Problem]) -> ImageDefinition | Non
     if IMAGE_YAML in missing:
         return None
     try:
-        raw = yaml.safe_load(spec_path.read_text(encoding="utf-8"))
+        raw = _read_yaml(spec_path)
     except yaml.YAMLError as exc:
         problems.append(Problem(spec_path, "", f"not valid YAML: {exc}"))
         return None
@@ -88,6 +88,20 @@ def _load_folder(folder: Path, problems: list[Problem]) -> ImageDefinition | Non
     problems.extend(pin_problems)
     _check_dockerfile(folder / DOCKERFILE, spec, problems)
     return ImageDefinition(spec=spec, folder=folder, requirements=pins)
+
+
+def _read_yaml(path: Path) -> object:
+    """A YAML file's document, parsed by libyaml where PyYAML has it (about 10x faster than the pure-Python
+    parser: it counts with hundreds of image folders). On an error the pure-Python parser reads it again,
+    for its message, which shows the line at fault with a caret."""
+    text = path.read_text(encoding="utf-8")
+    try:
+        return yaml.load(text, Loader=_FAST_YAML_LOADER)
+    except yaml.YAMLError:
+        return yaml.safe_load(text)
+
+
+_FAST_YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 def _check_dockerfile(path: Path, spec: ImageSpec, problems: list[Problem]) -> None:
