@@ -158,6 +158,8 @@ class LockFiles:
                 data = path.read_bytes()
             except FileNotFoundError:
                 self._locks[path] = None
+            except OSError as exc:
+                self._locks[path] = LockFormatError(f"cannot be read: {exc.strerror}")
             else:
                 try:
                     self._locks[path] = parse_lock(data)
