@@ -27,6 +27,7 @@ from thinkube_pipelines.defs.images.assets import FORCE_REBUILD_TAG, image_asset
 from thinkube_pipelines.defs.images.checks import smoke_checks
 from thinkube_pipelines.defs.resources import BuildSettings, CatalogResource
 from thinkube_pipelines.images import load_image_definitions
+from thinkube_pipelines.images.lock import PLATFORM, LockInputs, render_lock, sha256_text
 from thinkube_pipelines.registry.client import RegistryClient
 from thinkube_pipelines.registry.resource import Registry
 
@@ -425,3 +426,74 @@ def test_the_whole_chain_against_a_token_authenticated_registry(
     digest = materialization(result, "tk-parent/build").metadata["digest"].value
     assert client.digest_of("library/tk-parent", "latest") == digest
     assert CatalogClient(catalog.base_url).get("tk-parent").metadata.digest == digest
+
+
+def offline_images(root: Path) -> Path:
+    """A parent and a child that build without the network (Docker's BuildKit cannot mount this machine's
+    CA bundle into RUN steps, which a TLS-intercepting proxy would need) and pass the smoke check."""
+    images = root / "images"
+    files = {
+        "tk-offline": (
+            "name: tk-offline\ndisplay_name: Offline\ndescription: No downloads.\ngpu_required: false\n"
+            "cpu_limit: 1\nmem_limit: 1G\nbase:\n  image: docker.io/library/python:3.11-slim-bookworm@sha256:"
+            + "2e32f7d302adc1c37428355c1e646897c0c53f4fd60b6a551245fb90ee129f91\n  python: '3.11'\n",
+            "ARG BASE_IMAGE\nFROM ${BASE_IMAGE}\nRUN ln -s /usr/bin/python3 /usr/local/bin/python"
+            " && printf '#!/bin/sh\\necho singleuser\\n' > /usr/local/bin/jupyterhub-singleuser"
+            " && chmod 0755 /usr/local/bin/jupyterhub-singleuser\n",
+            (),
+        ),
+        "tk-offline-child": (
+            "name: tk-offline-child\ndisplay_name: Offline child\ndescription: Its parent's digest.\n"
+            "gpu_required: false\ncpu_limit: 1\nmem_limit: 1G\nparent: tk-offline\n",
+            "ARG PARENT_IMAGE\nFROM ${PARENT_IMAGE}\nRUN echo child > /child.txt\n",
+            ("tk-offline",),
+        ),
+    }
+    for name, (spec, dockerfile, parents) in files.items():
+        folder = images / name
+        folder.mkdir(parents=True)
+        (folder / "image.yaml").write_text(spec)
+        (folder / "Dockerfile").write_text(dockerfile)
+        (folder / "requirements.txt").write_text("")
+        locks = {p: (images / p / "requirements.lock").read_bytes() for p in parents}
+        inputs = LockInputs(
+            python="3.11",
+            platform=PLATFORM,
+            requirements=sha256_text(b""),
+            ancestors=tuple((p, sha256_text(lock)) for p, lock in locks.items()),
+        )
+        (folder / "requirements.lock").write_text(render_lock(inputs, ""))
+    return images
+
+
+def test_the_same_assets_build_and_check_with_the_docker_engine(
+    tmp_path, docker_engine, registry_debian_base, registry, catalog_server
+):
+    """The seam: the assets do not know which builder and runner they got."""
+    from thinkube_pipelines.builders.docker import DockerBuilder, DockerRunner
+
+    engine = {"docker": docker_engine.client, "docker_host": docker_engine.host}
+    catalog = catalog_server(f"sqlite:///{tmp_path / 'catalog.db'}")
+    pipeline = make_pipeline(
+        offline_images(tmp_path),
+        DockerBuilder(**engine),
+        DockerRunner(**engine),
+        registry_debian_base,
+        registry,
+        catalog,
+    )
+    result = pipeline.materialize()
+    assert result.success, failure_message(result)
+    assert {k: c.passed for k, c in check_results(result).items()} == {
+        "tk-offline/build": True,
+        "tk-offline-child/build": True,
+    }
+    client = pipeline.registry_client()
+    parent = materialization(result, "tk-offline/build").metadata
+    child = materialization(result, "tk-offline-child/build").metadata
+    assert parent["reused"].value is False and parent["base_image"].value == registry_debian_base
+    assert child["base_image"].value == f"{registry.host}/library/tk-offline@{parent['digest'].value}"
+    assert client.digest_of("library/tk-offline-child", "latest") == child["digest"].value
+    facts = client.image_facts("library/tk-offline-child", child["digest"].value)
+    assert facts.labels["org.thinkube.build-key"] == child["build_key"].value
+    assert CatalogClient(catalog.base_url).get("tk-offline-child").metadata.digest == child["digest"].value
