@@ -20,12 +20,17 @@ from thinkube_pipelines.builders.base import (
     context_files,
 )
 from thinkube_pipelines.catalog.entries import catalog_upsert
-from thinkube_pipelines.defs.images.build_plan import BaseResolutionError, pinned_base, plan_build
+from thinkube_pipelines.defs.images.build_plan import (
+    BaseResolutionError,
+    BuildPlan,
+    pinned_base,
+    plan_build,
+)
 from thinkube_pipelines.defs.images.records import BuiltImage, ImageSource, PublishedImage
 from thinkube_pipelines.defs.resources import BuildSettings, CatalogResource
 from thinkube_pipelines.images import ImageDefinition, ImageSet
 from thinkube_pipelines.images.source import source_hash, source_hashes
-from thinkube_pipelines.registry.client import HarborClient
+from thinkube_pipelines.registry.client import HarborClient, RegistryClient
 from thinkube_pipelines.registry.resource import Registry
 
 BUILD_POOL = "image_builds"
@@ -147,18 +152,16 @@ def image_chain(
             definition,
             context=BuildContext.from_folder(definition.folder),
             from_image=from_image,
-            target_repository=f"{registry.host}/{repository}",
+            registry_host=registry.host,
+            repository=repository,
             platform=build_settings.platform,
-            request_fields={"registry": registry.access()},
+            registry=registry.access(),
         )
         force = context.run.tags.get(FORCE_REBUILD_TAG, "").lower() == "true"
         digest = None if force else client.digest_of(repository, plan.tag)
-        reused = digest is not None
-        duration_s = 0.0
-        log_tail: tuple[str, ...] = ()
-        if reused:
+        result = None
+        if digest is not None:
             context.log.info(f"{repository}:{plan.tag} already in the registry ({digest}): not building")
-            record = _reused_record(context, digest)
         else:
             if force:
                 context.log.info(f"{FORCE_REBUILD_TAG}=true: building even if the registry has {plan.tag}")
@@ -171,36 +174,20 @@ def image_chain(
                     description=str(exc),
                     metadata={"failing_step": exc.step or "", "log_tail": log_block(exc.log_tail)},
                 ) from exc
-            digest, duration_s, log_tail = result.digest, result.duration_s, result.log_tail
-            context.log.info(f"pushed {repository}:{plan.tag} -> {digest} in {duration_s:.0f} s")
-            record = None
-        if record is None:
-            facts = client.image_facts(repository, digest)  # also proves the push landed
-            if facts.created is None:
-                raise dg.Failure(
-                    description=f"{name}: {repository}@{digest} has no creation time in its config"
-                )
-            record = BuiltImage(
-                image_name=name,
-                image=f"{registry.host}/{repository}@{digest}",
-                registry=registry.host,
-                repository=repository,
-                digest=digest,
-                build_key=plan.key,
-                build_tag=plan.tag,
-                base_image=from_image,
-                size=facts.size,
-                created=facts.created,
-                reused=reused,
-            )
+            digest = result.digest
+            context.log.info(f"pushed {repository}:{plan.tag} -> {digest} in {result.duration_s:.0f} s")
+        record = (result is None and _recorded_build(context, digest)) or _registry_record(
+            client, plan, digest, reused=result is None
+        )
+        duration_s = result.duration_s if result else 0.0
         metadata = {**record.metadata(), "build_duration_s": dg.MetadataValue.float(round(duration_s, 1))}
-        if log_tail:
-            metadata["log_tail"] = log_block(log_tail[-LOG_TAIL_LINES:])
+        if result is not None:
+            metadata["log_tail"] = log_block(result.log_tail[-LOG_TAIL_LINES:])
         return dg.MaterializeResult(metadata=metadata, data_version=dg.DataVersion(digest))
 
-    def _reused_record(context: dg.AssetExecutionContext, digest: str) -> BuiltImage | None:
-        """The facts of a reused digest, from this asset's own record when it already holds that digest
-        (no registry request); None when the registry must be asked."""
+    def _recorded_build(context: dg.AssetExecutionContext, digest: str) -> BuiltImage | None:
+        """This asset's own latest record when it already holds `digest`: a reused build's facts without
+        a registry request. None when the registry must be asked."""
         event = context.instance.get_latest_materialization_event(build_key)
         if event is None or event.asset_materialization is None:
             return None
@@ -209,6 +196,26 @@ def image_chain(
         except ValueError:
             return None
         return previous.model_copy(update={"reused": True}) if previous.digest == digest else None
+
+    def _registry_record(client: RegistryClient, plan: BuildPlan, digest: str, reused: bool) -> BuiltImage:
+        """The record of `digest`, its facts read from the registry (which also proves the push landed)."""
+        repository = plan.repository
+        facts = client.image_facts(repository, digest)
+        if facts.created is None:
+            raise dg.Failure(description=f"{name}: {repository}@{digest} has no creation time in its config")
+        return BuiltImage(
+            image_name=name,
+            image=f"{client.host}/{repository}@{digest}",
+            registry=client.host,
+            repository=repository,
+            digest=digest,
+            build_key=plan.key,
+            build_tag=plan.tag,
+            base_image=plan.from_image,
+            size=facts.size,
+            created=facts.created,
+            reused=reused,
+        )
 
     @dg.asset(
         key=published_key,

@@ -13,7 +13,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 
-from thinkube_pipelines.builders.base import BuildContext, BuildRequest, registry_host_of
+from thinkube_pipelines.builders.base import BuildContext, BuildRequest, RegistryAccess, registry_host_of
 from thinkube_pipelines.images import ImageDefinition
 from thinkube_pipelines.images.spec import BASE_IMAGE_ARG, PARENT_IMAGE_ARG
 from thinkube_pipelines.registry.client import RegistryClient
@@ -57,6 +57,8 @@ class BuildPlan:
     request: BuildRequest
     key: str
     from_image: str
+    repository: str
+    """Where it is pushed inside the registry (`project/name`)."""
 
     @property
     def tag(self) -> str:
@@ -68,13 +70,13 @@ def plan_build(
     *,
     context: BuildContext,
     from_image: str,
-    target_repository: str,
+    registry_host: str,
+    repository: str,
     platform: str,
-    request_fields: dict,
+    registry: RegistryAccess,
 ) -> BuildPlan:
-    """The build of `definition` FROM `from_image` (a digest reference), pushed to `target_repository`
-    (`host/project/name`) under `build-<key>`. `request_fields` are passed on to the BuildRequest
-    (how to reach the registry)."""
+    """The build of `definition` FROM `from_image` (a digest reference), pushed to `registry_host/repository`
+    under `build-<key>`; `registry` says how the builder reaches it."""
     spec = definition.spec
     arg = PARENT_IMAGE_ARG if spec.parent else BASE_IMAGE_ARG
     build_args = {arg: from_image}
@@ -97,9 +99,9 @@ def plan_build(
         image_name=spec.name,
         context=context,
         build_args=build_args,
-        target=f"{target_repository}:{BUILD_TAG_PREFIX}{key}",
+        target=f"{registry_host}/{repository}:{BUILD_TAG_PREFIX}{key}",
         labels={**labels, BUILD_KEY_LABEL: key},
         platform=platform,
-        **request_fields,
+        registry=registry,
     )
-    return BuildPlan(request=request, key=key, from_image=from_image)
+    return BuildPlan(request=request, key=key, from_image=from_image, repository=repository)
