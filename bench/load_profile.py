@@ -23,7 +23,6 @@ def main(images_dir: str) -> None:
     stages["import dagster"] = time.perf_counter() - started
     mark = time.perf_counter()
     from thinkube_pipelines.defs.images.assets import image_assets
-    from thinkube_pipelines.defs.images.checks import smoke_checks
     from thinkube_pipelines.defs.images.jobs import build_images_job
     from thinkube_pipelines.defs.resources import resources_for_environment
     from thinkube_pipelines.images import load_image_definitions
@@ -39,14 +38,12 @@ def main(images_dir: str) -> None:
 
     images = timed("load_image_definitions (yaml, pydantic, pins, locks)", load_image_definitions, images_dir)
     timed("source_hashes (read and hash every folder)", source_hashes, images)
-    assets = timed("image_assets (4 @dg.asset per image, hashes again)", image_assets, images)
-    checks = timed("smoke_checks (1 @dg.asset_check per image)", smoke_checks, images)
+    assets = timed("image_assets (1 @dg.multi_asset of 4 assets and a check per image)", image_assets, images)
     resources = timed("resources_for_environment", resources_for_environment)
     defs = timed(
         "dg.Definitions(...)",
         lambda: dg.Definitions(
             assets=assets,
-            asset_checks=checks,
             jobs=[build_images_job],
             resources=resources,
             executor=dg.in_process_executor,
@@ -69,7 +66,6 @@ def main(images_dir: str) -> None:
     def snapshot_text(jobs):
         repo = dg.Definitions(
             assets=image_assets(images),
-            asset_checks=smoke_checks(images),
             jobs=jobs,
             resources=resources,
             executor=dg.in_process_executor,

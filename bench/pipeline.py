@@ -32,7 +32,9 @@ from thinkube_pipelines.registry.client import RegistryClient
 
 IMAGE = "jupyter-base"
 STAGES = ("source", "build", "published", "catalog_entry")
-BUILD_STEP = "jupyter_base__build"
+BUILD_STEP = "jupyter_base"
+"""The step of the jupyter-base chain (one multi-asset: source, build and its smoke check, published,
+catalog_entry); its event log records are what a build writes."""
 REGISTRY_USER = "thinkube"
 HOST_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
 COLD_TIMEOUT_S = 2400.0

@@ -155,7 +155,7 @@ def _summary_lines(load, profile: dict) -> list[str]:
     hashing = pick("source_hashes")
     project_imports = pick("import thinkube_pipelines")
     folders = pick("load_image_definitions") + hashing
-    decorators = pick("image_assets", "smoke_checks") - hashing  # image_assets hashes the folders too
+    decorators = pick("image_assets") - hashing  # image_assets hashes the folders too
     dagster_repo = pick("resolve the repository", "Dagster:")
     size = profile["images"]
     extra = load.sizes[size].median - load.baseline.median if size in load.sizes else None
@@ -168,7 +168,7 @@ def _summary_lines(load, profile: dict) -> list[str]:
         f"- the project's own work, {project_imports + folders:.0f} ms: importing its modules (requests,",
         f"  the pydantic models of the image spec and catalog contract) {project_imports:.0f} ms; reading,",
         f"  validating and hashing the folders (image.yaml, pins, locks, context digests) {folders:.0f} ms;",
-        f"- Dagster building {4 * size} assets and {size} checks from their decorators, {decorators:.0f} ms",
+        f"- Dagster building {size} multi-assets ({4 * size} assets, {size} checks), {decorators:.0f} ms",
         f"  (`inspect.signature`, type hints, Dagster types: {decorators / (5 * size):.1f} ms a definition);",
         "- Dagster resolving, snapshotting and serializing the repository (code server to host and",
         f"  back), {dagster_repo:.0f} ms.",

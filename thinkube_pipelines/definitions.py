@@ -5,7 +5,6 @@ from __future__ import annotations
 import dagster as dg
 
 from thinkube_pipelines.defs.images.assets import image_assets
-from thinkube_pipelines.defs.images.checks import smoke_checks
 from thinkube_pipelines.defs.images.jobs import build_images_job
 from thinkube_pipelines.defs.resources import resources_for_environment
 from thinkube_pipelines.images import load_image_definitions
@@ -22,7 +21,6 @@ def build_definitions(images_dir=None) -> dg.Definitions:
     images = load_image_definitions(images_dir or default_images_dir())
     return dg.Definitions(
         assets=image_assets(images),
-        asset_checks=smoke_checks(images),
         jobs=[build_images_job],
         resources=resources_for_environment(),
         executor=dg.in_process_executor,

@@ -1,13 +1,16 @@
 """The asset factory: one chain `<image>/source -> build -> published -> catalog_entry` per image folder.
 
-Adding a folder to images/ adds its chain; nothing here names an image. A child's `build` depends on its
-parent's `published` asset and builds FROM the digest that asset recorded. Assets hand nothing to each
-other in memory or on disk: each records what it made (records.py) and the next reads that record from the
-instance, the registry or the catalog.
+Adding a folder to images/ adds its chain; nothing here names an image. The four assets of an image and
+its blocking smoke check are one multi-asset (one step, subsettable: a run may select any of them), so
+that a code location with hundreds of images loads fast; a child's chain depends on its parent's
+`published` asset and builds FROM the digest that asset recorded. Stages hand nothing to each other in
+memory or on disk: each records what it made (records.py) and the next reads that record from the
+instance, the registry or the catalog, in this run or a later one.
 """
 
 import re
 import sys
+from collections.abc import Iterator
 from datetime import UTC, datetime
 
 import dagster as dg
@@ -17,6 +20,7 @@ from thinkube_pipelines.builders.base import (
     BuildContext,
     BuildError,
     ImageBuilder,
+    ImageRunner,
     context_files,
 )
 from thinkube_pipelines.catalog.entries import catalog_upsert
@@ -26,19 +30,23 @@ from thinkube_pipelines.defs.images.build_plan import (
     pinned_base,
     plan_build,
 )
-from thinkube_pipelines.defs.images.records import BuiltImage, ImageSource, PublishedImage
+from thinkube_pipelines.defs.images.checks import smoke_check, smoke_check_spec
+from thinkube_pipelines.defs.images.keys import (
+    BUILD_POOL,
+    IMAGE_PART,
+    OWNERS,
+    PART_TAG,
+    asset_key,
+    group_name,
+    smoke_check_key,
+)
+from thinkube_pipelines.defs.images.records import BuiltImage, ImageSource, PublishedImage, log_block
 from thinkube_pipelines.defs.resources import BuildSettings, CatalogResource
 from thinkube_pipelines.images import ImageDefinition, ImageSet
 from thinkube_pipelines.images.source import source_hash, source_hashes
 from thinkube_pipelines.registry.client import HarborClient, RegistryClient
 from thinkube_pipelines.registry.resource import Registry
 
-BUILD_POOL = "image_builds"
-"""Dagster concurrency pool of every build step: builds are heavy, the instance caps how many run at once."""
-PART_TAG = "thinkube/part"
-"""Asset tag that says which part of the platform an asset belongs to (`image`, later `hub`)."""
-IMAGE_PART = "image"
-OWNERS = ["team:platform"]
 FORCE_REBUILD_TAG = "thinkube/force-rebuild"
 """Run tag: `true` builds even when the registry already serves the build key (e.g. for fresh packages)."""
 MILESTONE = re.compile(
@@ -48,24 +56,10 @@ MILESTONE = re.compile(
 `#n [stage i/n]`), the push, and errors. Every line goes to the step's captured stdout."""
 
 
-def group_name(image_name: str) -> str:
-    """Dagster group names are identifiers: `my-image` -> `my_image`."""
-    return re.sub(r"[^A-Za-z0-9_]", "_", image_name)
-
-
-def asset_key(image_name: str, stage: str) -> dg.AssetKey:
-    return dg.AssetKey([image_name, stage])
-
-
 def version_tag(created: datetime, digest: str) -> str:
     """The immutable tag of an image: the day it was built and its digest (`2026.11.25-3f2a9c1`). Naming
     the digest means a rebuild with another result gets another tag: a version tag never moves."""
     return f"{created.astimezone(UTC):%Y.%m.%d}-{digest.removeprefix('sha256:')[:7]}"
-
-
-def log_block(lines: list[str] | tuple[str, ...]) -> dg.MetadataValue:
-    """Log lines as a Markdown code block, how the UI shows them best."""
-    return dg.MetadataValue.md("```\n" + "\n".join(lines) + "\n```")
 
 
 class BuildLog:
@@ -81,10 +75,9 @@ class BuildLog:
             self._log.info(line)
 
 
-def image_chain(
-    images: ImageSet, definition: ImageDefinition, code_version: str
-) -> list[dg.AssetsDefinition]:
-    """The four assets of one image; `code_version` is its folder's hash chained with its parent's."""
+def image_chain(images: ImageSet, definition: ImageDefinition, code_version: str) -> dg.AssetsDefinition:
+    """The four assets of one image and its smoke check; `code_version` is its folder's hash chained with
+    its parent's."""
     name = definition.name
     spec = definition.spec
     source_key, build_key = asset_key(name, "source"), asset_key(name, "build")
@@ -100,13 +93,6 @@ def image_chain(
         },
     }
 
-    @dg.asset(
-        key=source_key,
-        code_version=code_version,
-        kinds={"file"},
-        description=f"The files of images/{definition.folder.name}/, identified by their content hash.",
-        **common,
-    )
     def source(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
         files = context_files(definition.folder)
         build_context = BuildContext.from_files(definition.folder, files)
@@ -121,18 +107,10 @@ def image_chain(
             source_hash=current,
             files=len(files),
         )
-        return dg.MaterializeResult(metadata=record.metadata(), data_version=dg.DataVersion(current))
+        return dg.MaterializeResult(
+            asset_key=source_key, metadata=record.metadata(), data_version=dg.DataVersion(current)
+        )
 
-    @dg.asset(
-        key=build_key,
-        deps=[source_key, *([parent_key] if parent_key else [])],
-        code_version=code_version,
-        pool=BUILD_POOL,
-        kinds={"docker"},
-        description=f"{spec.display_name}: built from its Dockerfile and pushed under `build-<key>`; "
-        "not built again while the registry serves that key.",
-        **common,
-    )
     def build(
         context: dg.AssetExecutionContext,
         builder: ImageBuilder,
@@ -183,7 +161,9 @@ def image_chain(
         metadata = {**record.metadata(), "build_duration_s": dg.MetadataValue.float(round(duration_s, 1))}
         if result is not None:
             metadata["log_tail"] = log_block(result.log_tail[-LOG_TAIL_LINES:])
-        return dg.MaterializeResult(metadata=metadata, data_version=dg.DataVersion(digest))
+        return dg.MaterializeResult(
+            asset_key=build_key, metadata=metadata, data_version=dg.DataVersion(digest)
+        )
 
     def _recorded_build(context: dg.AssetExecutionContext, digest: str) -> BuiltImage | None:
         """This asset's own latest record when it already holds `digest`: a reused build's facts without
@@ -217,14 +197,6 @@ def image_chain(
             reused=reused,
         )
 
-    @dg.asset(
-        key=published_key,
-        deps=[build_key],
-        kinds={"docker"},
-        description=f"{spec.display_name}: digest verified in the registry and tagged with its immutable "
-        "version tag (and the moving tags).",
-        **common,
-    )
     def published(
         context: dg.AssetExecutionContext, registry: Registry, build_settings: BuildSettings
     ) -> dg.MaterializeResult:
@@ -269,6 +241,7 @@ def image_chain(
             created=built.created,
         )
         return dg.MaterializeResult(
+            asset_key=published_key,
             metadata={
                 **record.metadata(),
                 "size_mb": dg.MetadataValue.float(round(built.size / 1e6, 1)),
@@ -278,13 +251,6 @@ def image_chain(
             data_version=dg.DataVersion(built.digest),
         )
 
-    @dg.asset(
-        key=entry_key,
-        deps=[published_key],
-        kinds={"api"},
-        description=f"{spec.display_name}: its item in the image catalog, which the hub reads at spawn time.",
-        **common,
-    )
     def catalog_entry(context: dg.AssetExecutionContext, catalog: CatalogResource) -> dg.MaterializeResult:
         published = PublishedImage.recorded(context.instance, published_key)
         wanted = catalog_upsert(
@@ -300,6 +266,7 @@ def image_chain(
         _, change = client.ensure(wanted)
         context.log.info(f"{name}: catalog item {change}")
         return dg.MaterializeResult(
+            asset_key=entry_key,
             metadata={
                 "catalog_item": dg.MetadataValue.url(client.item_url(name)),
                 "digest": published.digest,
@@ -309,11 +276,77 @@ def image_chain(
             data_version=dg.DataVersion(published.digest),
         )
 
-    return [source, build, published, catalog_entry]
+    specs = [
+        dg.AssetSpec(
+            source_key,
+            code_version=code_version,
+            kinds={"file"},
+            description=f"The files of images/{definition.folder.name}/, identified by their content hash.",
+            **common,
+        ),
+        dg.AssetSpec(
+            build_key,
+            deps=[source_key, *([parent_key] if parent_key else [])],
+            code_version=code_version,
+            kinds={"docker"},
+            description=f"{spec.display_name}: built from its Dockerfile and pushed under `build-<key>`; "
+            "not built again while the registry serves that key.",
+            **common,
+        ),
+        dg.AssetSpec(
+            published_key,
+            deps=[build_key],
+            kinds={"docker"},
+            description=f"{spec.display_name}: digest verified in the registry and tagged with its "
+            "immutable version tag (and the moving tags).",
+            **common,
+        ),
+        dg.AssetSpec(
+            entry_key,
+            deps=[published_key],
+            kinds={"api"},
+            description=f"{spec.display_name}: its item in the image catalog, which the hub reads at "
+            "spawn time.",
+            **common,
+        ),
+    ]
+
+    @dg.multi_asset(
+        name=group_name(name),
+        specs=specs,
+        check_specs=[smoke_check_spec(definition)],
+        can_subset=True,
+        pool=BUILD_POOL,
+        description=f"The chain of image {name}: whichever of its assets the run selects, in order.",
+    )
+    def chain(
+        context: dg.AssetExecutionContext,
+        builder: ImageBuilder,
+        runner: ImageRunner,
+        registry: Registry,
+        catalog: CatalogResource,
+        build_settings: BuildSettings,
+    ) -> Iterator[dg.MaterializeResult | dg.AssetCheckResult]:
+        selected = context.selected_asset_keys
+        if source_key in selected:
+            yield source(context)
+        if build_key in selected:
+            yield build(context, builder, registry, build_settings)
+        if smoke_check_key(name) in context.selected_asset_check_keys:
+            smoke = smoke_check(context, images, definition, runner, registry, build_settings.smoke_timeout_s)
+            yield smoke
+            if not smoke.passed:
+                raise dg.Failure(
+                    description=f"{name}: the smoke check failed, nothing is published: {smoke.description}"
+                )
+        if published_key in selected:
+            yield published(context, registry, build_settings)
+        if entry_key in selected:
+            yield catalog_entry(context, catalog)
+
+    return chain
 
 
 def image_assets(images: ImageSet) -> list[dg.AssetsDefinition]:
     hashes = source_hashes(images)
-    return [
-        asset for definition in images for asset in image_chain(images, definition, hashes[definition.name])
-    ]
+    return [image_chain(images, definition, hashes[definition.name]) for definition in images]

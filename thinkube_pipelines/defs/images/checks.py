@@ -12,9 +12,8 @@ import dagster as dg
 from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus
 
 from thinkube_pipelines.builders.base import ImageRunner, RunError, RunRequest
-from thinkube_pipelines.defs.images.assets import asset_key, log_block
-from thinkube_pipelines.defs.images.records import BuiltImage
-from thinkube_pipelines.defs.resources import BuildSettings
+from thinkube_pipelines.defs.images.keys import SMOKE_CHECK, asset_key, smoke_check_key
+from thinkube_pipelines.defs.images.records import BuiltImage, log_block
 from thinkube_pipelines.images import ImageDefinition, ImageSet
 from thinkube_pipelines.registry.resource import Registry
 
@@ -22,8 +21,21 @@ PROBE = Path(__file__).with_name("smoke_probe.py")
 SINGLEUSER_COMMAND = "jupyterhub-singleuser"
 GPU_CHECK_COMMAND = "gpu-check"
 """The GPU test script every GPU image ships (run on a GPU node; here only its presence is checked)."""
-SMOKE_CHECK = "smoke"
 HISTORY_LOOKBACK = 20
+
+
+def smoke_commands(definition: ImageDefinition) -> list[str]:
+    return [SINGLEUSER_COMMAND] + ([GPU_CHECK_COMMAND] if definition.spec.gpu_required else [])
+
+
+def smoke_check_spec(definition: ImageDefinition) -> dg.AssetCheckSpec:
+    return dg.AssetCheckSpec(
+        SMOKE_CHECK,
+        asset=asset_key(definition.name, "build"),
+        blocking=True,
+        description=f"Runs the pushed image: {', '.join(smoke_commands(definition))} present and every "
+        "requirement imports. Runs once per digest.",
+    )
 
 
 def earlier_pass(instance: dg.DagsterInstance, check_key: dg.AssetCheckKey, digest: str) -> str | None:
@@ -39,77 +51,64 @@ def earlier_pass(instance: dg.DagsterInstance, check_key: dg.AssetCheckKey, dige
     return None
 
 
-def smoke_check(images: ImageSet, definition: ImageDefinition) -> dg.AssetChecksDefinition:
+def smoke_check(
+    context: dg.AssetExecutionContext,
+    images: ImageSet,
+    definition: ImageDefinition,
+    runner: ImageRunner,
+    registry: Registry,
+    timeout_s: float,
+) -> dg.AssetCheckResult:
+    """Evaluate the smoke check of `definition`'s latest build."""
     name = definition.name
     build_key = asset_key(name, "build")
-    distributions = [pin.name for pin in images.full_requirements(name)]
-    commands = [SINGLEUSER_COMMAND] + ([GPU_CHECK_COMMAND] if definition.spec.gpu_required else [])
+    built = BuiltImage.recorded(context.instance, build_key)
 
-    @dg.asset_check(
-        asset=build_key,
-        name=SMOKE_CHECK,
-        blocking=True,
-        description=f"Runs the pushed image: {', '.join(commands)} present and every requirement imports. "
-        "Runs once per digest.",
-    )
-    def smoke(
-        context: dg.AssetCheckExecutionContext,
-        runner: ImageRunner,
-        registry: Registry,
-        build_settings: BuildSettings,
-    ) -> dg.AssetCheckResult:
-        built = BuiltImage.recorded(context.instance, build_key)
-        check_key = dg.AssetCheckKey(build_key, SMOKE_CHECK)
-        passed_in = earlier_pass(context.instance, check_key, built.digest)
-        if passed_in is not None:
-            return dg.AssetCheckResult(
-                passed=True,
-                description=f"{built.digest} already passed in run {passed_in}",
-                metadata={"digest": built.digest, "passed_in_run": passed_in},
-            )
-        request = RunRequest(
-            image=built.image,
-            argv=[
-                "python",
-                "-c",
-                PROBE.read_text(),
-                json.dumps({"distributions": distributions, "commands": commands}),
-            ],
-            timeout_s=build_settings.smoke_timeout_s,
-            registry=registry.access(),
-        )
-        try:
-            result = runner.run(request, on_line=context.log.debug)
-        except RunError as exc:
-            return dg.AssetCheckResult(
-                passed=False, description=f"{name}: {exc}", metadata={"digest": built.digest}
-            )
-        report = _last_json_line(result.output)
-        if result.returncode != 0 or report is None:
-            tail = result.output.strip().splitlines()[-20:]
-            return dg.AssetCheckResult(
-                passed=False,
-                description=f"{name}: the smoke probe could not run in the image (exit {result.returncode})",
-                metadata={"digest": built.digest, "output": log_block(tail)},
-            )
-        failed = report["failed_imports"]
-        missing = report["missing_commands"]
-        problems = [f"command not found: {c}" for c in missing] + [
-            f"import {m}: {e}" for m, e in failed.items()
-        ]
+    def result(passed: bool, description: str, **metadata) -> dg.AssetCheckResult:
         return dg.AssetCheckResult(
-            passed=not problems,
-            description="; ".join(problems) if problems else f"{len(report['imported'])} modules import",
-            metadata={
-                "digest": built.digest,
-                "image": built.image,
-                "imported": dg.MetadataValue.int(len(report["imported"])),
-                "failed_imports": dg.MetadataValue.json(failed),
-                "missing_commands": missing,
-            },
+            asset_key=build_key,
+            check_name=SMOKE_CHECK,
+            passed=passed,
+            description=description,
+            metadata={"digest": built.digest, **metadata},
         )
 
-    return smoke
+    passed_in = earlier_pass(context.instance, smoke_check_key(name), built.digest)
+    if passed_in is not None:
+        return result(True, f"{built.digest} already passed in run {passed_in}", passed_in_run=passed_in)
+    probe_request = {
+        "distributions": [pin.name for pin in images.full_requirements(name)],
+        "commands": smoke_commands(definition),
+    }
+    request = RunRequest(
+        image=built.image,
+        argv=["python", "-c", PROBE.read_text(), json.dumps(probe_request)],
+        timeout_s=timeout_s,
+        registry=registry.access(),
+    )
+    try:
+        ran = runner.run(request, on_line=context.log.debug)
+    except RunError as exc:
+        return result(False, f"{name}: {exc}")
+    report = _last_json_line(ran.output)
+    if ran.returncode != 0 or report is None:
+        tail = ran.output.strip().splitlines()[-20:]
+        return result(
+            False,
+            f"{name}: the smoke probe could not run in the image (exit {ran.returncode})",
+            output=log_block(tail),
+        )
+    failed = report["failed_imports"]
+    missing = report["missing_commands"]
+    problems = [f"command not found: {c}" for c in missing] + [f"import {m}: {e}" for m, e in failed.items()]
+    return result(
+        not problems,
+        "; ".join(problems) if problems else f"{len(report['imported'])} modules import",
+        image=built.image,
+        imported=dg.MetadataValue.int(len(report["imported"])),
+        failed_imports=dg.MetadataValue.json(failed),
+        missing_commands=missing,
+    )
 
 
 def _last_json_line(output: str) -> dict | None:
@@ -121,7 +120,3 @@ def _last_json_line(output: str) -> dict | None:
         if isinstance(value, dict) and "failed_imports" in value:
             return value
     return None
-
-
-def smoke_checks(images: ImageSet) -> list[dg.AssetChecksDefinition]:
-    return [smoke_check(images, d) for d in images]

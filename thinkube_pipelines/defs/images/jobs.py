@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dagster as dg
 
-from thinkube_pipelines.defs.images.assets import IMAGE_PART, PART_TAG
+from thinkube_pipelines.defs.images.keys import IMAGE_PART, PART_TAG
 
 BUILD_RUN_TAG = {"thinkube/run-kind": "image-build"}
 """Runs that build images carry this tag; dagster.yaml's run coordinator caps how many run at once."""

@@ -16,6 +16,11 @@ import dagster as dg
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 
+def log_block(lines: list[str] | tuple[str, ...]) -> dg.MetadataValue:
+    """Log lines as a Markdown code block, how the UI shows them best."""
+    return dg.MetadataValue.md("```\n" + "\n".join(lines) + "\n```")
+
+
 class Record(BaseModel):
     """A typed materialization record: written as metadata, read back from the instance."""
 
