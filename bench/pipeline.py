@@ -28,10 +28,10 @@ from tests.fixtures.network import free_port
 from tests.fixtures.processes import stop_process
 from tests.fixtures.registry import RunningRegistry, start_registry
 from thinkube_pipelines.builders.debian_base import DEFAULT_REPOSITORY_NAME, DEFAULT_TAG, publish_debian_base
+from thinkube_pipelines.defs.images.keys import STAGES
 from thinkube_pipelines.registry.client import RegistryClient
 
 IMAGE = "jupyter-base"
-STAGES = ("source", "build", "published", "catalog_entry")
 BUILD_STEP = "jupyter_base"
 """The step of the jupyter-base chain (one multi-asset: source, build and its smoke check, published,
 catalog_entry); its event log records are what a build writes."""

@@ -14,10 +14,10 @@ import yaml
 
 from tests.fixtures.network import free_port
 from thinkube_pipelines.definitions import build_definitions, defs
+from thinkube_pipelines.defs.images.keys import STAGES
 from thinkube_pipelines.images import load_image_definitions
 
 REPO = Path(__file__).resolve().parents[1]
-STAGES = ("source", "build", "published", "catalog_entry")
 
 
 def asset_graph(definitions: dg.Definitions):

@@ -319,10 +319,10 @@ import json
 import dagster as dg
 from dagster._core.definitions.reconstruct import ReconstructableRepository
 from thinkube_pipelines.definitions import defs
+from thinkube_pipelines.defs.images.keys import STAGES
 
 instance = dg.DagsterInstance.get()
 job = defs.resolve_implicit_global_asset_job_def()
-STAGES = ('source', 'build', 'published', 'catalog_entry')
 
 def materialize(name, force=False):
     return job.execute_in_process(
