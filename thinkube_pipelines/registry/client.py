@@ -381,21 +381,7 @@ class RegistryClient:
         validate_tag(tag)
         manifest = self.manifest(repository, digest)
         action = f"tag {repository}@{digest} as {tag}"
-        response = self._request(
-            "PUT",
-            f"/v2/{repository}/manifests/{tag}",
-            action=action,
-            scope=f"repository:{repository}:pull,push",
-            headers={"Content-Type": manifest.media_type},
-            data=manifest.raw,
-        )
-        stored = response.headers.get("Docker-Content-Digest")
-        if stored and stored != digest:
-            raise DigestMismatch(
-                f"registry {self.url}: {action}: the registry stored the manifest as {stored}",
-                registry=self.url,
-                action=action,
-            )
+        self.put_manifest(repository, tag, manifest.raw, manifest.media_type, action=action)
         served = self.digest_of(repository, tag)
         if served != digest:
             raise RegistryError(
@@ -521,12 +507,14 @@ class RegistryClient:
         )
         return digest
 
-    def put_manifest(self, repository: str, reference: str, raw: bytes, media_type: str) -> str:
+    def put_manifest(
+        self, repository: str, reference: str, raw: bytes, media_type: str, *, action: str | None = None
+    ) -> str:
         """Store manifest bytes under `reference` (a tag); returns the digest the registry stored."""
         validate_repository(repository)
         validate_reference(reference)
         digest = sha256_digest(raw)
-        action = f"put manifest {image_reference(repository, reference)}"
+        action = action or f"put manifest {image_reference(repository, reference)}"
         response = self._request(
             "PUT",
             f"/v2/{repository}/manifests/{reference}",
