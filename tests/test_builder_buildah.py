@@ -65,7 +65,11 @@ def _request(registry: RegistryServer, context: Path, base: str, name: str, tag:
         context=BuildContext.from_folder(context),
         build_args={"BASE_IMAGE": base},
         target=f"{registry.host}/library/{name}:{tag}",
-        labels={"org.thinkube.source": tag},
+        labels={
+            "org.thinkube.source": tag,
+            "org.opencontainers.image.description": 'Say "hi" for $5 \\o/',
+            "org.thinkube.third": "3",
+        },
         registry=_access(registry),
         **kw,
     )
@@ -144,11 +148,16 @@ def test_pushed_digest_is_what_the_registry_serves(tiny_build: TinyBuild, regist
     assert facts.created is not None and abs(time.time() - facts.created.timestamp()) < 600
 
 
-def test_labels_cost_one_step_not_one_each(tiny_build: TinyBuild) -> None:
+def test_labels_cost_one_step_not_one_each(tiny_build: TinyBuild, registry: RegistryServer) -> None:
     steps = [line for _, line in tiny_build.lines if "STEP " in line]
     labels = [line for line in steps if ": LABEL " in line]
+    assert len(tiny_build.request.labels) == 3
     assert len(steps) == 3 and len(labels) == 1, steps  # FROM, RUN, and one LABEL step for all labels
-    assert all(f'"{key}"=' in labels[0] for key in tiny_build.request.labels)
+    facts = RegistryClient(registry.url, registry.username, registry.password).image_facts(
+        "library/tiny", tiny_build.result.digest
+    )
+    for key, value in tiny_build.request.labels.items():  # quotes, `$` and backslashes kept as written
+        assert facts.labels[key] == value
 
 
 def test_log_lines_arrive_while_the_build_runs(tiny_build: TinyBuild) -> None:

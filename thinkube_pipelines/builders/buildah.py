@@ -133,9 +133,12 @@ class BuildahBuilder(BuildahStorage, ImageBuilder):
         secrets = request.registry.secrets()
         with tempfile.TemporaryDirectory(prefix="thinkube-build-") as tmp:
             context_dir = request.context.extract_to(Path(tmp) / "context")
+            dockerfile = labelled_dockerfile(
+                context_dir / request.context.dockerfile, request.labels, Path(tmp)
+            )
             with registry_files(request.registry, request.registry_host) as (authfile, cert_dir):
                 bud = stream_command(
-                    self._bud_argv(request, context_dir, authfile, cert_dir),
+                    self._bud_argv(request, context_dir, dockerfile, authfile, cert_dir),
                     on_line,
                     timeout_s=self.build_timeout_s,
                     redact=secrets,
@@ -171,7 +174,12 @@ class BuildahBuilder(BuildahStorage, ImageBuilder):
         )
 
     def _bud_argv(
-        self, request: BuildRequest, context_dir: Path, authfile: Path | None, cert_dir: Path | None
+        self,
+        request: BuildRequest,
+        context_dir: Path,
+        dockerfile: Path,
+        authfile: Path | None,
+        cert_dir: Path | None,
     ) -> list[str]:
         argv = self.buildah_argv(
             "bud",
@@ -187,12 +195,10 @@ class BuildahBuilder(BuildahStorage, ImageBuilder):
             request.platform,
             *_registry_flags(request.registry, authfile, cert_dir),
             "-f",
-            str(context_dir / request.context.dockerfile),
+            str(dockerfile),
         )
         for key, value in request.build_args.items():
             argv += ["--build-arg", f"{key}={value}"]
-        for key, value in request.labels.items():
-            argv += ["--label", f"{key}={value}"]
         if self.ca_bundle:
             bundle = Path(self.ca_bundle).resolve()
             if not bundle.is_file():
@@ -262,6 +268,27 @@ class BuildahRunner(BuildahStorage, ImageRunner):
             lines = [line for line in lines if line not in noise]
         returncode = 124 if ran.timed_out else ran.returncode
         return RunResult(returncode=returncode, output="".join(f"{line}\n" for line in lines))
+
+
+def labelled_dockerfile(dockerfile: Path, labels: dict[str, str], folder: Path) -> Path:
+    """A copy of `dockerfile` in `folder` ending with one LABEL instruction holding every label.
+
+    buildah 1.28 turns each `--label` into a LABEL step of its own (one image commit each); one
+    instruction costs one step. Values are quoted, with `\\`, `"` and `$` escaped (LABEL expands variables).
+    """
+    if not labels:
+        return dockerfile
+    for key, value in labels.items():
+        if "\n" in key or "\n" in value or not key:
+            raise ValueError(f"label {key!r}: keys must be non-empty and neither may hold a newline")
+
+    def quoted(text: str) -> str:
+        return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("$", "\\$") + '"'
+
+    instruction = "LABEL " + " ".join(f"{quoted(k)}={quoted(v)}" for k, v in labels.items())
+    copy = folder / "Dockerfile.labelled"
+    copy.write_text(dockerfile.read_text().rstrip("\n") + "\n" + instruction + "\n")
+    return copy
 
 
 @contextlib.contextmanager
