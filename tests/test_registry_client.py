@@ -10,14 +10,13 @@ import pytest
 from tests.fixtures.network import free_port
 from tests.fixtures.registry import RegistryServer, push_test_image
 from thinkube_pipelines.registry.client import (
-    DOCKER_MANIFEST,
-    OCI_MANIFEST,
     RegistryClient,
     RegistryError,
     RegistryNotFound,
     RegistryUnauthorized,
     RegistryUnreachable,
 )
+from thinkube_pipelines.registry.reference import DOCKER_MANIFEST, OCI_MANIFEST
 
 
 def _repository() -> str:

@@ -20,13 +20,13 @@ import pytest
 
 from thinkube_pipelines.registry import Registry
 from thinkube_pipelines.registry.client import (
-    OCI_MANIFEST,
     DigestMismatch,
     HarborClient,
     RegistryNotFound,
     RegistryUnauthorized,
     registry_client,
 )
+from thinkube_pipelines.registry.reference import OCI_MANIFEST
 
 USER, PASSWORD = "robot$pipelines", "harbor-stand-in-secret"
 DIGEST = "sha256:" + "ab" * 32

@@ -17,14 +17,13 @@ from pathlib import Path
 
 from thinkube_pipelines.builders.base import LineSink
 from thinkube_pipelines.builders.streamed import stream_command
-from thinkube_pipelines.registry.client import OCI_MANIFEST, RegistryClient
+from thinkube_pipelines.registry.client import RegistryClient
+from thinkube_pipelines.registry.reference import OCI_CONFIG, OCI_LAYER_GZIP, OCI_MANIFEST
 from thinkube_pipelines.settings import state_dir
 
 DEFAULT_REPOSITORY_NAME = "thinkube-base"
 """The base's repository inside the registry's project: `<project>/thinkube-base`."""
 DEFAULT_TAG = "bookworm"
-OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
-OCI_LAYER_GZIP = "application/vnd.oci.image.layer.v1.tar+gzip"
 DEFAULT_SUITE = "bookworm"
 DEFAULT_PACKAGES = ("python3", "python3-venv", "python3-pip", "ca-certificates", "git")
 KEY_LABEL = "org.thinkube.base.key"

@@ -9,15 +9,17 @@ without it fails when it starts, before any build, naming the variable.
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import dagster as dg
 from pydantic import Field
 
 from thinkube_pipelines import settings as s
 from thinkube_pipelines.builders.base import DEFAULT_PLATFORM
-from thinkube_pipelines.catalog.client import CatalogClient
 from thinkube_pipelines.registry.resource import PASSWORD_ENV, USERNAME_ENV, Registry
+
+if TYPE_CHECKING:
+    from thinkube_pipelines.catalog.client import CatalogClient
 
 
 class CatalogResource(dg.ConfigurableResource):
@@ -30,6 +32,8 @@ class CatalogResource(dg.ConfigurableResource):
     timeout_s: float = Field(10.0, description="Seconds to wait for the catalog before failing.")
 
     def client(self) -> CatalogClient:
+        from thinkube_pipelines.catalog.client import CatalogClient  # brings requests: not at load time
+
         return CatalogClient(self.url, token=self.token, timeout_s=self.timeout_s)
 
 

@@ -1,31 +1,7 @@
-"""The OCI registry images are published to: a typed /v2/ client (plus Harbor's API) and its resource."""
+"""The OCI registry images are published to: the `Registry` resource here; the typed /v2/ client (plus
+Harbor's API) in `registry.client`, imported where it is used (it brings `requests`, which the code location
+does not need to load), the reference grammar in `registry.reference`."""
 
-from thinkube_pipelines.registry.client import (
-    DigestMismatch,
-    HarborArtifact,
-    HarborClient,
-    Manifest,
-    RegistryClient,
-    RegistryError,
-    RegistryForbidden,
-    RegistryNotFound,
-    RegistryUnauthorized,
-    RegistryUnreachable,
-    registry_client,
-)
 from thinkube_pipelines.registry.resource import Registry
 
-__all__ = [
-    "DigestMismatch",
-    "HarborArtifact",
-    "HarborClient",
-    "Manifest",
-    "Registry",
-    "RegistryClient",
-    "RegistryError",
-    "RegistryForbidden",
-    "RegistryNotFound",
-    "RegistryUnauthorized",
-    "RegistryUnreachable",
-    "registry_client",
-]
+__all__ = ["Registry"]

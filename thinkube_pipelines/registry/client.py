@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import hashlib
 import json
 import re
 import threading
@@ -31,20 +30,19 @@ from urllib.parse import quote, urljoin, urlsplit
 
 import requests
 
-DEFAULT_TIMEOUT_S = 30.0
+from thinkube_pipelines.registry.reference import (
+    _DIGEST,
+    DEFAULT_TIMEOUT_S,
+    INDEX_MEDIA_TYPES,
+    MANIFEST_MEDIA_TYPES,
+    image_reference,
+    sha256_digest,
+    validate_digest,
+    validate_reference,
+    validate_repository,
+    validate_tag,
+)
 
-OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
-OCI_INDEX = "application/vnd.oci.image.index.v1+json"
-DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
-DOCKER_MANIFEST_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
-MANIFEST_MEDIA_TYPES = (OCI_MANIFEST, OCI_INDEX, DOCKER_MANIFEST, DOCKER_MANIFEST_LIST)
-INDEX_MEDIA_TYPES = (OCI_INDEX, DOCKER_MANIFEST_LIST)
-
-# The grammar of the distribution spec (https://github.com/opencontainers/distribution-spec).
-_REPOSITORY = re.compile(r"[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*)*")
-_TAG = re.compile(r"[a-zA-Z0-9_][a-zA-Z0-9._-]{0,127}")
-_DIGEST = re.compile(r"[a-z0-9]+(?:[.+_-][a-z0-9]+)*:[a-zA-Z0-9=_-]+")
-_SHA256_DIGEST = re.compile(r"sha256:[a-f0-9]{64}")
 _CHALLENGE_PARAM = re.compile(r'([A-Za-z_][A-Za-z0-9_-]*)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^\s,]*))')
 _LINK_NEXT = re.compile(r'<([^>]+)>\s*;\s*rel="?next"?')
 # A token is used again only while it has this many seconds of life left.
@@ -180,40 +178,6 @@ class Challenge:
             for match in _CHALLENGE_PARAM.finditer(rest)
         }
         return cls(scheme=scheme.lower(), params=params)
-
-
-def validate_repository(repository: str) -> str:
-    if not _REPOSITORY.fullmatch(repository or "") or len(repository) > 255:
-        raise ValueError(f"not a valid OCI repository name: {repository!r}")
-    return repository
-
-
-def validate_reference(reference: str) -> str:
-    """A tag or a digest."""
-    if not (_TAG.fullmatch(reference or "") or _DIGEST.fullmatch(reference or "")):
-        raise ValueError(f"not a valid tag or digest: {reference!r}")
-    return reference
-
-
-def validate_tag(tag: str) -> str:
-    if not _TAG.fullmatch(tag or ""):
-        raise ValueError(f"not a valid tag: {tag!r}")
-    return tag
-
-
-def validate_digest(digest: str) -> str:
-    if not _SHA256_DIGEST.fullmatch(digest or ""):
-        raise ValueError(f"not a sha256 digest (sha256:<64 hex>): {digest!r}")
-    return digest
-
-
-def image_reference(repository: str, reference: str) -> str:
-    """`repository@digest` or `repository:tag`."""
-    return f"{repository}@{reference}" if _DIGEST.fullmatch(reference) else f"{repository}:{reference}"
-
-
-def sha256_digest(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
 def _basic(username: str, password: str) -> str:

@@ -8,23 +8,17 @@ from the environment in the caller's configuration, e.g.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 from urllib.parse import urlsplit
 
 import dagster as dg
 from pydantic import Field
 
 from thinkube_pipelines.builders.base import RegistryAccess, RegistryAuth
-from thinkube_pipelines.registry.client import (
-    DEFAULT_TIMEOUT_S,
-    HarborClient,
-    RegistryClient,
-    RegistryError,
-    RegistryNotFound,
-    registry_client,
-    validate_digest,
-    validate_repository,
-)
+from thinkube_pipelines.registry.reference import DEFAULT_TIMEOUT_S, validate_digest, validate_repository
+
+if TYPE_CHECKING:
+    from thinkube_pipelines.registry.client import RegistryClient
 
 USERNAME_ENV = "THINKUBE_REGISTRY_USERNAME"
 PASSWORD_ENV = "THINKUBE_REGISTRY_PASSWORD"
@@ -64,6 +58,8 @@ class Registry(dg.ConfigurableResource):
 
     def client(self) -> RegistryClient:
         """A client of this registry: a HarborClient when `flavor` is 'harbor'."""
+        from thinkube_pipelines.registry.client import registry_client  # brings requests: not at load time
+
         verify: bool | str = self.ca_bundle if (self.verify_tls and self.ca_bundle) else self.verify_tls
         return registry_client(
             self.url,
@@ -91,6 +87,8 @@ class Registry(dg.ConfigurableResource):
             try:
                 ca_pem = Path(self.ca_bundle).read_text()
             except OSError as exc:
+                from thinkube_pipelines.registry.client import RegistryError
+
                 raise RegistryError(
                     f"registry {self.url}: cannot read its CA bundle {self.ca_bundle}: {exc.strerror}",
                     registry=self.url,
@@ -112,6 +110,8 @@ class Registry(dg.ConfigurableResource):
         Checks that the registry answers and accepts the credentials, that the Harbor project exists
         (flavor 'harbor'), and that the credentials may push to the image's repository.
         """
+        from thinkube_pipelines.registry.client import HarborClient, RegistryNotFound
+
         client = self.client()
         repository = self.repository(image_name)
         client.ping()

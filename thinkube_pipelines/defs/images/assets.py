@@ -12,6 +12,7 @@ import re
 import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 import dagster as dg
 
@@ -44,8 +45,10 @@ from thinkube_pipelines.defs.images.records import BuiltImage, ImageSource, Publ
 from thinkube_pipelines.defs.resources import BuildSettings, CatalogResource
 from thinkube_pipelines.images import ImageDefinition, ImageSet
 from thinkube_pipelines.images.source import source_hash, source_hashes
-from thinkube_pipelines.registry.client import HarborClient, RegistryClient
 from thinkube_pipelines.registry.resource import Registry
+
+if TYPE_CHECKING:
+    from thinkube_pipelines.registry.client import RegistryClient
 
 FORCE_REBUILD_TAG = "thinkube/force-rebuild"
 """Run tag: `true` builds even when the registry already serves the build key (e.g. for fresh packages)."""
@@ -177,7 +180,7 @@ def image_chain(images: ImageSet, definition: ImageDefinition, code_version: str
             return None
         return previous.model_copy(update={"reused": True}) if previous.digest == digest else None
 
-    def _registry_record(client: RegistryClient, plan: BuildPlan, digest: str, reused: bool) -> BuiltImage:
+    def _registry_record(client: "RegistryClient", plan: BuildPlan, digest: str, reused: bool) -> BuiltImage:
         """The record of `digest`, its facts read from the registry (which also proves the push landed)."""
         repository = plan.repository
         facts = client.image_facts(repository, digest)
@@ -224,7 +227,7 @@ def image_chain(images: ImageSet, definition: ImageDefinition, code_version: str
             client.tag(repository, built.digest, tag)
             context.log.info(f"{repository}:{tag} -> {built.digest}")
         metadata: dict[str, object] = {}
-        if isinstance(client, HarborClient):
+        if registry.flavor == "harbor":
             artifact = client.artifact(registry.project, name, built.digest)
             metadata["harbor_artifact"] = dg.MetadataValue.json(
                 {"digest": artifact.digest, "tags": list(artifact.tags), "push_time": artifact.push_time}

@@ -12,11 +12,14 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from thinkube_pipelines.builders.base import BuildContext, BuildRequest, RegistryAccess, registry_host_of
 from thinkube_pipelines.images import ImageDefinition
 from thinkube_pipelines.images.spec import BASE_IMAGE_ARG, PARENT_IMAGE_ARG
-from thinkube_pipelines.registry.client import RegistryClient
+
+if TYPE_CHECKING:
+    from thinkube_pipelines.registry.client import RegistryClient
 
 BUILD_KEY_LABEL = "org.thinkube.build-key"
 BUILD_TAG_PREFIX = "build-"
