@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
         "--quick", action="store_true", help="load benchmark at 50 folders only, 3 repetitions"
     )
     parser.add_argument("--only", choices=["load", "pipeline"], help="run one part")
-    parser.add_argument("--repetitions", type=int, default=5, help="repetitions of each load measurement")
+    parser.add_argument("--repetitions", type=int, default=9, help="repetitions of each load measurement")
     parser.add_argument("--reruns", type=int, default=3, help="no-change reruns of the pipeline")
     parser.add_argument(
         "--out", type=Path, help=f"where to write the results (default {RESULTS}, not with --quick)"
