@@ -45,6 +45,12 @@ class RegistryAuth:
     username: str
     password: str = field(repr=False)
 
+    @property
+    def basic_token(self) -> str:
+        """`base64(username:password)`, as registry auth files (containers-auth.json, Docker's
+        config.json) hold it."""
+        return base64.b64encode(f"{self.username}:{self.password}".encode()).decode()
+
 
 @dataclass(frozen=True)
 class RegistryAccess:
@@ -60,8 +66,7 @@ class RegistryAccess:
         """What must never reach a log line."""
         if self.auth is None or not self.auth.password:
             return ()
-        token = base64.b64encode(f"{self.auth.username}:{self.auth.password}".encode()).decode()
-        return (self.auth.password, token)
+        return (self.auth.password, self.auth.basic_token)
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,6 @@ in a certificate folder beside it.
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import json
 import os
@@ -303,7 +302,7 @@ def registry_files(access: RegistryAccess, host: str) -> Iterator[tuple[Path | N
         authfile = cert_dir = None
         if access.auth is not None:
             authfile = directory / "auth.json"
-            token = base64.b64encode(f"{access.auth.username}:{access.auth.password}".encode()).decode()
+            token = access.auth.basic_token
             fd = os.open(authfile, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             with os.fdopen(fd, "w") as handle:
                 json.dump({"auths": {host: {"auth": token}}}, handle)

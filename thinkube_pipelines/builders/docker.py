@@ -30,7 +30,6 @@ The engine, not the client, talks to the registry, so two registry settings are 
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import json
 import os
@@ -173,7 +172,7 @@ class DockerEngine(dg.ConfigurableResource):
             auths = {}
             if access.auth is not None:
                 # Its base64 token is one of `access.secrets()`: masked wherever it appears.
-                token = base64.b64encode(f"{access.auth.username}:{access.auth.password}".encode()).decode()
+                token = access.auth.basic_token
                 auths[access.auth.host] = {"auth": token}
             fd = os.open(directory / "config.json", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             with os.fdopen(fd, "w") as handle:

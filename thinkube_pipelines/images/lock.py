@@ -32,6 +32,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from packaging.utils import canonicalize_name
+
 from thinkube_pipelines.images.spec import LOCK_FILE, REQUIREMENTS, ImageDefinition, ImageSet, Problem
 
 PLATFORM = "x86_64-manylinux_2_36"
@@ -130,7 +132,8 @@ class LockedPackage:
 
     @property
     def key(self) -> str:
-        return re.sub(r"[-_.]+", "-", self.name).lower()
+        """The normalized project name (PEP 503)."""
+        return canonicalize_name(self.name)
 
 
 def locked_packages(body: str) -> dict[str, LockedPackage]:

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated
 
+from packaging.utils import canonicalize_name
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, model_validator
 
 from thinkube_pipelines.catalog.contract import CpuLimit, ImageName, MemLimit
@@ -69,7 +69,7 @@ class PinnedRequirement:
     @property
     def key(self) -> str:
         """The normalized project name (PEP 503), so `Foo_Bar` and `foo-bar` compare equal."""
-        return re.sub(r"[-_.]+", "-", self.name).lower()
+        return canonicalize_name(self.name)
 
 
 @dataclass(frozen=True)
