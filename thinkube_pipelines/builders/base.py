@@ -19,7 +19,7 @@ import io
 import os
 import tarfile
 from abc import abstractmethod
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
@@ -30,6 +30,12 @@ LineSink = Callable[[str], None]
 
 LOG_TAIL_LINES = 40
 """How many of the last log lines a result or an error carries."""
+
+
+def log_tail(lines: Sequence[str]) -> tuple[str, ...]:
+    """The last `LOG_TAIL_LINES` lines."""
+    return tuple(lines[-LOG_TAIL_LINES:])
+
 
 DEFAULT_RUN_TIMEOUT_S = 300.0
 DEFAULT_PLATFORM = "linux/amd64"

@@ -18,7 +18,7 @@ import shutil
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from functools import cache
 from pathlib import Path
 from typing import Literal
@@ -27,7 +27,6 @@ import dagster as dg
 from pydantic import Field
 
 from thinkube_pipelines.builders.base import (
-    LOG_TAIL_LINES,
     BuildError,
     BuildRequest,
     BuildResult,
@@ -38,6 +37,7 @@ from thinkube_pipelines.builders.base import (
     RunError,
     RunRequest,
     RunResult,
+    log_tail,
     registry_host_of,
 )
 from thinkube_pipelines.builders.streamed import stream_command
@@ -149,7 +149,7 @@ class BuildahBuilder(BuildahStorage, ImageBuilder):
                         if bud.timed_out
                         else f"build failed (buildah exit {bud.returncode})"
                     )
-                    raise BuildError(request.image_name, bud.last_step, reason, _tail(bud.lines))
+                    raise BuildError(request.image_name, bud.last_step, reason, log_tail(bud.lines))
                 digestfile = Path(tmp) / "digest"
                 push = stream_command(
                     self._push_argv(request, authfile, cert_dir, digestfile),
@@ -161,15 +161,15 @@ class BuildahBuilder(BuildahStorage, ImageBuilder):
             step = f"push to registry {request.registry_host}"
             if push.returncode != 0:
                 reason = "timed out" if push.timed_out else f"buildah exit {push.returncode}"
-                raise BuildError(request.image_name, step, f"push failed ({reason})", _tail(lines))
+                raise BuildError(request.image_name, step, f"push failed ({reason})", log_tail(lines))
             digest = digestfile.read_text().strip() if digestfile.is_file() else ""
             if not digest.startswith("sha256:"):
-                raise BuildError(request.image_name, step, "push wrote no manifest digest", _tail(lines))
+                raise BuildError(request.image_name, step, "push wrote no manifest digest", log_tail(lines))
         return BuildResult(
             reference=request.target,
             digest=digest,
             duration_s=time.monotonic() - started,
-            log_tail=_tail(lines),
+            log_tail=log_tail(lines),
         )
 
     def _bud_argv(
@@ -348,7 +348,3 @@ def fastest_storage_driver(scratch: str) -> str:
         return "overlay" if mounted.returncode == 0 else "vfs"
     finally:
         shutil.rmtree(probe, ignore_errors=True)
-
-
-def _tail(lines: Sequence[str]) -> tuple[str, ...]:
-    return tuple(lines[-LOG_TAIL_LINES:])

@@ -48,7 +48,6 @@ import dagster as dg
 from pydantic import Field
 
 from thinkube_pipelines.builders.base import (
-    LOG_TAIL_LINES,
     BuildError,
     BuildRequest,
     BuildResult,
@@ -59,9 +58,10 @@ from thinkube_pipelines.builders.base import (
     RunError,
     RunRequest,
     RunResult,
+    log_tail,
     registry_host_of,
 )
-from thinkube_pipelines.builders.streamed import REDACTED, stream_command
+from thinkube_pipelines.builders.streamed import REDACTED, StreamedCommand, stream_command
 
 DEBIAN_DOCKER_CLI = "/usr/bin/docker"
 DEFAULT_DOCKER_CLI = DEBIAN_DOCKER_CLI if Path(DEBIAN_DOCKER_CLI).exists() else "docker"
@@ -293,18 +293,8 @@ class DockerBuilder(DockerEngine, ImageBuilder):
                 stdin=request.context.archive,
             )
             if built.returncode != 0:
-                reason = (
-                    f"build timed out after {self.build_timeout_s:.0f} s"
-                    if built.timed_out
-                    else f"build failed (docker build exit {built.returncode})"
-                )
-                hint = self.hint(built.lines, host)
-                raise BuildError(
-                    request.image_name,
-                    failed_step(built.lines),
-                    f"{reason}; {hint}" if hint else reason,
-                    tail(built.lines),
-                )
+                reason = self._failure("build", built, self.build_timeout_s, host)
+                raise BuildError(request.image_name, failed_step(built.lines), reason, log_tail(built.lines))
             pushed = stream_command(
                 self.client_argv("push", request.target),
                 on_line,
@@ -315,22 +305,29 @@ class DockerBuilder(DockerEngine, ImageBuilder):
         lines = built.lines + pushed.lines
         step = f"push to registry {host}"
         if pushed.returncode != 0:
-            reason = (
-                f"push timed out after {self.push_timeout_s:.0f} s"
-                if pushed.timed_out
-                else f"push failed (docker push exit {pushed.returncode})"
-            )
-            hint = self.hint(pushed.lines, host)
-            raise BuildError(request.image_name, step, f"{reason}; {hint}" if hint else reason, tail(lines))
+            reason = self._failure("push", pushed, self.push_timeout_s, host)
+            raise BuildError(request.image_name, step, reason, log_tail(lines))
         digests = [match.group(1) for line in pushed.lines if (match := _PUSH_DIGEST.search(line))]
         if not digests:
-            raise BuildError(request.image_name, step, "docker push printed no manifest digest", tail(lines))
+            raise BuildError(
+                request.image_name, step, "docker push printed no manifest digest", log_tail(lines)
+            )
         return BuildResult(
             reference=request.target,
             digest=digests[-1],
             duration_s=time.monotonic() - started,
-            log_tail=tail(lines),
+            log_tail=log_tail(lines),
         )
+
+    def _failure(self, command: str, ran: StreamedCommand, timeout_s: float, host: str) -> str:
+        """Why `docker <command>` failed, with the hint its output matches, if any."""
+        reason = (
+            f"{command} timed out after {timeout_s:.0f} s"
+            if ran.timed_out
+            else f"{command} failed (docker {command} exit {ran.returncode})"
+        )
+        hint = self.hint(ran.lines, host)
+        return f"{reason}; {hint}" if hint else reason
 
     def _build_args(self, request: BuildRequest) -> list[str]:
         args = [
@@ -394,7 +391,7 @@ class DockerRunner(DockerEngine, ImageRunner):
                 f"could not pull {request.image} from registry {host} ({reason})"
                 + (f": {hint}" if hint else "")
                 + "\n"
-                + "\n".join(f"  | {line}" for line in tail(pulled.lines))
+                + "\n".join(f"  | {line}" for line in log_tail(pulled.lines))
             )
         name = f"thinkube-run-{secrets.token_hex(6)}"
         create = ["create", "--name", name, "--label", f"{RUN_LABEL}=1", "--pull", "never"]
@@ -457,10 +454,6 @@ def failed_step(lines: Sequence[str]) -> str | None:
         summaries = [match.group(1) for line in lines if (match := _BUILDKIT_SUMMARY.match(line))]
         failed = summaries[-1] if summaries else None
     return failed
-
-
-def tail(lines: Sequence[str]) -> tuple[str, ...]:
-    return tuple(lines[-LOG_TAIL_LINES:])
 
 
 def joined(lines: Sequence[str]) -> str:

@@ -17,7 +17,8 @@ def folder_digest(definition: ImageDefinition) -> str:
     return BuildContext.from_folder(definition.folder).digest
 
 
-def _chain(parent_hash: str | None, own: str) -> str:
+def chained_hash(parent_hash: str | None, own: str) -> str:
+    """An image's hash: its own folder's digest chained with its parent's chained hash."""
     digest = hashlib.sha256()
     if parent_hash is not None:
         digest.update(f"parent:{parent_hash}\n".encode())
@@ -34,15 +35,14 @@ def source_hashes(images: ImageSet) -> dict[str, str]:
     hashes: dict[str, str] = {}
     for definition in images:
         parent = definition.spec.parent
-        hashes[definition.name] = _chain(hashes[parent] if parent else None, folder_digest(definition))
+        hashes[definition.name] = chained_hash(hashes[parent] if parent else None, folder_digest(definition))
     return hashes
 
 
-def source_hash(images: ImageSet, name: str) -> str:
-    """One image's chained hash, reading only its own and its ancestors' folders."""
-    chain = [*reversed(images.ancestors(name)), images[name]]
+def source_hash(images: ImageSet, name: str, own_digest: str | None = None) -> str:
+    """One image's chained hash, reading only its own and its ancestors' folders (not its own when the
+    caller already has `own_digest`)."""
     current: str | None = None
-    for definition in chain:
-        current = _chain(current, folder_digest(definition))
-    assert current is not None
-    return current
+    for ancestor in reversed(images.ancestors(name)):
+        current = chained_hash(current, folder_digest(ancestor))
+    return chained_hash(current, own_digest or folder_digest(images[name]))

@@ -17,7 +17,6 @@ from typing import TYPE_CHECKING
 import dagster as dg
 
 from thinkube_pipelines.builders.base import (
-    LOG_TAIL_LINES,
     BuildContext,
     BuildError,
     ImageBuilder,
@@ -99,7 +98,7 @@ def image_chain(images: ImageSet, definition: ImageDefinition, code_version: str
     def source(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
         files = context_files(definition.folder)
         build_context = BuildContext.from_files(definition.folder, files)
-        current = source_hash(images, name)
+        current = source_hash(images, name, own_digest=build_context.digest)
         if current != code_version:
             context.log.warning(
                 f"{name}: files changed since the code location loaded; reload it to see them"
@@ -163,7 +162,7 @@ def image_chain(images: ImageSet, definition: ImageDefinition, code_version: str
         duration_s = result.duration_s if result else 0.0
         metadata = {**record.metadata(), "build_duration_s": dg.MetadataValue.float(round(duration_s, 1))}
         if result is not None:
-            metadata["log_tail"] = log_block(result.log_tail[-LOG_TAIL_LINES:])
+            metadata["log_tail"] = log_block(result.log_tail)  # already the tail
         return dg.MaterializeResult(
             asset_key=build_key, metadata=metadata, data_version=dg.DataVersion(digest)
         )
@@ -219,13 +218,11 @@ def image_chain(images: ImageSet, definition: ImageDefinition, code_version: str
                 description=f"registry {registry.url}: version tag {repository}:{version} already names "
                 f"{current}; version tags never move, so {built.digest} cannot take it",
             )
-        for tag in [version, *build_settings.moving_tags]:
-            if tag == version and current == built.digest:
-                continue
-            if tag != version and client.digest_of(repository, tag) == built.digest:
-                continue
-            client.tag(repository, built.digest, tag)
-            context.log.info(f"{repository}:{tag} -> {built.digest}")
+        tags = [version, *build_settings.moving_tags]
+        for tag in tags:
+            if (current if tag == version else client.digest_of(repository, tag)) != built.digest:
+                client.tag(repository, built.digest, tag)
+                context.log.info(f"{repository}:{tag} -> {built.digest}")
         metadata: dict[str, object] = {}
         if registry.flavor == "harbor":
             artifact = client.artifact(registry.project, name, built.digest)
@@ -239,7 +236,7 @@ def image_chain(images: ImageSet, definition: ImageDefinition, code_version: str
             repository=repository,
             digest=built.digest,
             version_tag=version,
-            tags=[version, *build_settings.moving_tags],
+            tags=tags,
             size=built.size,
             created=built.created,
         )
