@@ -40,22 +40,30 @@ class CatalogSettings(BaseSettings):
         None,
         validation_alias="THINKUBE_OIDC_ISSUER",
         description=(
-            "Keycloak realm URL (e.g. https://auth.example.org/realms/thinkube) whose JWT access tokens "
-            "may write, given the writer role. Its discovery document names the signing keys."
+            "Keycloak realm URL (e.g. https://auth.example.org/realms/thinkube), exactly the `issuer` its "
+            "discovery document names: its JWT access tokens may write, given the writer role. Only access "
+            "tokens (header `typ` at+jwt, or claim `typ` Bearer as Keycloak marks them); ID and refresh "
+            "tokens are refused (401). The discovery document names the signing keys (JWKS); a discovery "
+            "or JWKS out of reach, or a discovery naming another issuer, answers 503 naming the issuer."
         ),
     )
     oidc_audience: str | None = Field(
         None,
         validation_alias="THINKUBE_OIDC_AUDIENCE",
-        description="When set, access tokens must carry this value in `aud`.",
+        description=(
+            "The catalog's client id in the realm (e.g. thinkube-control). When set, an access token must "
+            "carry it in `aud`, and the writer role counts as a client role only under "
+            "`resource_access.<this value>.roles`. Unset: `aud` is not checked and only realm roles count."
+        ),
     )
     writer_role: str = Field(
         "image-writer",
         min_length=1,
         validation_alias="THINKUBE_CATALOG_WRITER_ROLE",
         description=(
-            "Role an OIDC token needs to write, looked up in Keycloak's `realm_access.roles` and in "
-            "every client's `resource_access.<client>.roles`."
+            "Role an OIDC access token needs to write: a realm role (`realm_access.roles`) or a role of "
+            "the catalog's own client (`resource_access.<THINKUBE_OIDC_AUDIENCE>.roles`); a role of any "
+            "other client does not count (403)."
         ),
     )
 

@@ -1,7 +1,26 @@
 """Who may write to the catalog: the service token, or a Keycloak access token carrying the writer role.
 
 Reads stay open (the hub reads at spawn time without credentials); every write goes through
-`WriteAccess.authorize`. Tokens are never logged, nor echoed in errors.
+`WriteAccess.authorize`. The rule, in the order it is checked:
+
+1. No bearer token: 401 with `WWW-Authenticate: Bearer`. No writer configured at all (neither
+   THINKUBE_CATALOG_TOKEN nor THINKUBE_OIDC_ISSUER): 503.
+2. The service token (THINKUBE_CATALOG_TOKEN, compared in constant time) writes.
+3. Otherwise the token must be a JWT *access token* of the realm THINKUBE_OIDC_ISSUER (401 if not):
+   - an access token: its header `typ` is `at+jwt` (RFC 9068, also `application/at+jwt`, any case) or its
+     `typ` claim is `Bearer` (Keycloak); a `typ` claim naming another kind (`ID`, `Refresh`, ...) or no
+     mark at all is refused, so an ID token or a refresh token never writes;
+   - signed with an asymmetric algorithm by a key of the realm's JWKS (the `jwks_uri` of the realm's
+     discovery document, which must name the same `issuer`), in the algorithm of that key;
+   - `iss` is the issuer; `exp` is in the future; `nbf` and `iat`, when present, are not;
+   - `aud` contains THINKUBE_OIDC_AUDIENCE, when it is set.
+4. The writer role (THINKUBE_CATALOG_WRITER_ROLE, default `image-writer`) must be a realm role
+   (`realm_access.roles`) or a role of the catalog's own client, `resource_access.<audience>.roles` where
+   the audience is THINKUBE_OIDC_AUDIENCE: 403 naming the role otherwise. A role of any other client never
+   counts; without an audience only realm roles count.
+
+A discovery document or JWKS that cannot be fetched (or is unusable) is the service's problem, not the
+token's: 503 naming the issuer. Tokens are never logged, nor echoed in errors.
 """
 
 from __future__ import annotations
@@ -34,6 +53,18 @@ SIGNING_ALGORITHMS = [
     "EdDSA",
 ]
 
+#: Header `typ` values of a JWT access token (RFC 9068 section 2.1), compared case-insensitively.
+ACCESS_TOKEN_HEADER_TYPES = frozenset({"at+jwt", "application/at+jwt"})
+#: The `typ` claim Keycloak puts in its access tokens.
+ACCESS_TOKEN_CLAIM_TYPE = "bearer"
+#: Other kinds of Keycloak tokens, by their `typ` claim, to say which one was sent instead.
+OTHER_TOKEN_KINDS = {
+    "id": "an ID token",
+    "refresh": "a refresh token",
+    "offline": "an offline (refresh) token",
+    "logout": "a logout token",
+}
+
 
 @dataclass(frozen=True)
 class Writer:
@@ -56,11 +87,35 @@ def _invalid_token(detail: str) -> AccessDenied:
     return AccessDenied(401, detail, challenge='Bearer error="invalid_token"')
 
 
+def access_token_refusal(header: dict[str, Any], claims: dict[str, Any]) -> str | None:
+    """Why a JWT is not an access token, or None when it is one.
+
+    An access token has the header `typ` `at+jwt` (or `application/at+jwt`) or the claim `typ` `Bearer`;
+    a `typ` claim naming anything else refuses it even with that header.
+    """
+    claim_type = claims.get("typ")
+    if claim_type is not None:
+        kind = str(claim_type).lower()
+        if kind == ACCESS_TOKEN_CLAIM_TYPE:
+            return None
+        sent = OTHER_TOKEN_KINDS.get(kind, "a token of another kind")
+        return f"The bearer token is {sent}, not an access token"
+    header_type = header.get("typ")
+    if isinstance(header_type, str) and header_type.lower() in ACCESS_TOKEN_HEADER_TYPES:
+        return None
+    return (
+        "The bearer token is not an access token: it has neither the header typ at+jwt "
+        "nor the claim typ Bearer"
+    )
+
+
 class OidcTokenVerifier:
     """Validates Keycloak access tokens (JWTs) against the realm's published signing keys.
 
-    The discovery document is read once, on first use, and names the JWKS; PyJWKClient caches the keys
-    and fetches them again when a token names a key it has not seen (Keycloak rotates keys).
+    The discovery document is read on first use (again after a failure) and names the JWKS; PyJWKClient
+    keeps the key set for 5 minutes and fetches it again, at most every 30 s, when a token names a key it
+    has not seen (Keycloak rotates keys). A key removed from the JWKS stops being accepted once the cached
+    set expires.
     """
 
     def __init__(self, issuer: str, audience: str | None, *, timeout: float = 5.0) -> None:
@@ -78,71 +133,115 @@ class OidcTokenVerifier:
                     response = requests.get(discovery_url, timeout=self._timeout)
                     response.raise_for_status()
                     discovery = response.json()
+                    if not isinstance(discovery, dict):
+                        raise ValueError("the discovery document is not a JSON object")
                 except (requests.RequestException, ValueError) as error:
                     log.warning("OIDC discovery at %s failed: %s", discovery_url, error)
                     raise AccessDenied(
                         503, f"The OIDC issuer {self.issuer} cannot be reached to validate the token"
                     ) from None
-                if discovery.get("issuer") != self.issuer or not discovery.get("jwks_uri"):
+                named = discovery.get("issuer")
+                if named != self.issuer:
+                    log.warning("The discovery document of %s names the issuer %r", self.issuer, named)
                     raise AccessDenied(
-                        503, f"The discovery document of {self.issuer} names another issuer or no jwks_uri"
+                        503,
+                        f"The discovery document of the OIDC issuer {self.issuer} names another issuer "
+                        f"({named!r}): THINKUBE_OIDC_ISSUER must be exactly the realm's issuer",
                     )
-                self._jwks = PyJWKClient(
-                    discovery["jwks_uri"], cache_keys=True, lifespan=300, timeout=self._timeout
-                )
+                jwks_uri = discovery.get("jwks_uri")
+                if not isinstance(jwks_uri, str) or not jwks_uri.startswith(("https://", "http://")):
+                    raise AccessDenied(
+                        503,
+                        f"The discovery document of the OIDC issuer {self.issuer} names no http(s) jwks_uri",
+                    )
+                # The set is cached (lifespan); no per-key cache, which would keep trusting a removed key.
+                self._jwks = PyJWKClient(jwks_uri, cache_keys=False, lifespan=300, timeout=self._timeout)
             return self._jwks
 
+    def _keys_unreachable(self) -> AccessDenied:
+        return AccessDenied(
+            503, f"The signing keys of the OIDC issuer {self.issuer} cannot be fetched to validate the token"
+        )
+
+    def _signing_key(self, kid: object) -> jwt.PyJWK:
+        """The realm's key named `kid`: 503 when the key set cannot be had, 401 when it lacks that key."""
+        client = self._jwks_client()
+        try:
+            client.get_signing_keys()  # the cached set, fetched when absent or expired
+        except jwt.PyJWKClientConnectionError as error:
+            log.warning("The signing keys of %s cannot be fetched: %s", self.issuer, error)
+            raise self._keys_unreachable() from None
+        except (jwt.PyJWKClientError, jwt.PyJWKSetError, ValueError) as error:
+            log.warning("The signing keys of %s are unusable: %s", self.issuer, error)
+            raise AccessDenied(
+                503, f"The OIDC issuer {self.issuer} publishes no usable signing keys to validate the token"
+            ) from None
+        try:
+            return client.get_signing_key(kid if isinstance(kid, str) else "")
+        except jwt.PyJWKClientConnectionError:
+            raise self._keys_unreachable() from None
+        except (jwt.PyJWKClientError, jwt.PyJWKSetError, ValueError):
+            raise _invalid_token(f"The bearer token is not signed by a key of {self.issuer}") from None
+
     def claims(self, token: str) -> dict[str, Any]:
-        """The token's claims once its signature, expiry, issuer (and audience) hold; else 401."""
+        """The claims of a valid access token of the issuer (see the module's rule, step 3); else 401/503."""
         try:
             header = jwt.get_unverified_header(token)
+            unverified = jwt.decode(token, options={"verify_signature": False})
         except jwt.DecodeError:
             raise _invalid_token("The bearer token is neither the service token nor a JWT") from None
+        # Unverified, these only refuse early: acceptance below rests on the verified token alone.
+        refusal = access_token_refusal(header, unverified)
+        if refusal is not None:
+            raise _invalid_token(refusal)
         if header.get("alg") not in SIGNING_ALGORITHMS:
             raise _invalid_token("The bearer token is not signed with an accepted algorithm")
+        if unverified.get("iss") != self.issuer:
+            raise _invalid_token(f"The bearer token was not issued by {self.issuer}")
+        signing_key = self._signing_key(header.get("kid"))
         try:
-            signing_key = self._jwks_client().get_signing_key_from_jwt(token)
-        except jwt.PyJWKClientConnectionError:
-            raise AccessDenied(
-                503, f"The signing keys of {self.issuer} cannot be fetched to validate the token"
-            ) from None
-        except jwt.PyJWKClientError:
-            raise _invalid_token(f"The bearer token is not signed by a key of {self.issuer}") from None
-        try:
+            # The key's own algorithm verifies the signature, whatever the header claims.
             claims = jwt.decode(
                 token,
-                signing_key.key,
-                algorithms=[header["alg"]],
+                signing_key,
+                algorithms=SIGNING_ALGORITHMS,
                 issuer=self.issuer,
                 audience=self.audience,
                 options={"require": ["exp", "iss"], "verify_aud": self.audience is not None},
             )
         except jwt.ExpiredSignatureError:
             raise _invalid_token("The bearer token has expired") from None
+        except jwt.ImmatureSignatureError:
+            raise _invalid_token(
+                "The bearer token is not yet valid: its nbf (or iat) lies in the future "
+                "(are the clocks of the catalog and the issuer in step?)"
+            ) from None
         except jwt.InvalidIssuerError:
             raise _invalid_token(f"The bearer token was not issued by {self.issuer}") from None
         except jwt.InvalidAudienceError:
             raise _invalid_token(f"The bearer token is not meant for {self.audience}") from None
         except jwt.InvalidTokenError as error:
+            # PyJWT's messages name the failed check, never the token's contents.
             raise _invalid_token(f"The bearer token is invalid: {error}") from None
-        # Keycloak marks ID and refresh tokens with `typ`; only access tokens may write.
-        token_type = claims.get("typ")
-        if token_type is not None and str(token_type).lower() != "bearer":
-            raise _invalid_token("The bearer token is not an access token")
         return claims
 
 
-def roles_of(claims: dict[str, Any]) -> set[str]:
-    """Keycloak roles in a token: realm roles and every client's roles."""
+def roles_of(claims: dict[str, Any], client: str | None) -> set[str]:
+    """The Keycloak roles of a token that count for the catalog: its realm roles (`realm_access.roles`)
+    and the roles of the catalog's own client `client` (`resource_access.<client>.roles`), if named.
+    Roles of every other client are ignored."""
     roles: set[str] = set()
-    realm_access = claims.get("realm_access")
-    if isinstance(realm_access, dict):
-        roles.update(role for role in realm_access.get("roles") or [] if isinstance(role, str))
+
+    def add(access: object) -> None:
+        if isinstance(access, dict):
+            granted = access.get("roles")
+            if isinstance(granted, list):
+                roles.update(role for role in granted if isinstance(role, str))
+
+    add(claims.get("realm_access"))
     resource_access = claims.get("resource_access")
-    if isinstance(resource_access, dict):
-        for access in resource_access.values():
-            if isinstance(access, dict):
-                roles.update(role for role in access.get("roles") or [] if isinstance(role, str))
+    if client is not None and isinstance(resource_access, dict):
+        add(resource_access.get(client))
     return roles
 
 
@@ -156,11 +255,19 @@ class WriteAccess:
         self._verifier = (
             OidcTokenVerifier(settings.oidc_issuer, settings.oidc_audience) if settings.oidc_issuer else None
         )
+        self.audience = settings.oidc_audience
         self.writer_role = settings.writer_role
 
     @property
     def configured(self) -> bool:
         return self._service_token is not None or self._verifier is not None
+
+    def _where_the_role_counts(self) -> str:
+        if self.audience is None:
+            return "as a realm role (THINKUBE_OIDC_AUDIENCE is unset, so no client role counts)"
+        return (
+            f"as a realm role or a role of the client {self.audience!r}; roles of other clients do not count"
+        )
 
     def authorize(self, token: str | None) -> Writer:
         """The writer behind `token`, or AccessDenied (401 unknown token, 403 no role, 503 no writer)."""
@@ -184,10 +291,11 @@ class WriteAccess:
             or claims.get("client_id")
             or claims.get("sub")
         )
-        if self.writer_role not in roles_of(claims):
+        if self.writer_role not in roles_of(claims, self.audience):
             raise AccessDenied(
                 403,
-                f"The token of {who} lacks the role {self.writer_role!r} needed to write to the catalog",
+                f"The token of {who} lacks the role {self.writer_role!r} needed to write to the catalog, "
+                f"{self._where_the_role_counts()}",
                 challenge='Bearer error="insufficient_scope"',
             )
         return Writer(who)
