@@ -3,6 +3,10 @@
     thinkube-catalog serve [--host 127.0.0.1] [--port 8080]   migrate, then serve the API
     thinkube-catalog migrate                                  upgrade the database to head
 
+Both log which migrations they applied, or that the database was already at the current schema. Several
+processes may start at once against one database: one migrates, the others wait for it (see
+`schema.migration_lock`).
+
 Settings come from the environment (see `CatalogSettings`). A database that cannot be used stops the
 command with exit status 1 and a message naming THINKUBE_CATALOG_DATABASE_URL, never a traceback.
 """
@@ -43,12 +47,24 @@ def _migrate(settings: CatalogSettings) -> None:
 
     shown = make_url(settings.database_url.get_secret_value()).render_as_string(hide_password=True)
     try:
-        schema.upgrade(settings.database_url.get_secret_value())
+        result = schema.upgrade(settings.database_url.get_secret_value())
     except (SQLAlchemyError, OSError, ImportError) as error:
         reason = getattr(error, "orig", None) or error
         first_line = str(reason).strip().splitlines()[0] if str(reason).strip() else type(reason).__name__
         raise SetupError(f"{DATABASE_URL_ENV}={shown} is unusable: {first_line}") from None
-    log.info("catalog database %s is at the current schema", shown)
+    if result.applied:
+        log.info(
+            "catalog database %s migrated to revision %s: applied %s",
+            shown,
+            result.current,
+            ", ".join(result.applied),
+        )
+    else:
+        log.info(
+            "catalog database %s already at the current schema (revision %s): no migration applied",
+            shown,
+            result.current,
+        )
 
 
 def _serve(args: argparse.Namespace) -> None:

@@ -2,16 +2,23 @@
 
 The database URL arrives in `config.attributes["database_url"]` rather than in an ini option, so that a
 password with `%` in it survives and no alembic.ini is needed at run time.
+
+Online, the migrations run under the catalog's migration lock (`schema.migration_lock`: a PostgreSQL
+advisory lock on the migration connection, a file lock beside a SQLite file), taken before Alembic reads the
+version table: a second process migrating the same database waits, then finds it at head. What ran is left
+in `config.attributes` for `schema.upgrade`: "applied_revisions" (in order) and "current_revision".
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 from alembic import context
+from alembic.runtime.migration import MigrationInfo
 from sqlalchemy import pool
 
 from thinkube_pipelines.catalog.db import Base, connect
-
-VERSION_TABLE = "catalog_alembic_version"
+from thinkube_pipelines.catalog.schema import VERSION_TABLE, migration_lock
 
 config = context.config
 target_metadata = Base.metadata
@@ -37,10 +44,15 @@ def run_migrations_offline() -> None:
         context.run_migrations()
 
 
+def _record_applied(*, step: MigrationInfo, **_: Any) -> None:
+    if step.is_upgrade and not step.is_stamp:
+        config.attributes.setdefault("applied_revisions", []).append(step.up_revision_id)
+
+
 def run_migrations_online() -> None:
     engine = connect(_database_url(), poolclass=pool.NullPool)
     try:
-        with engine.connect() as connection:
+        with engine.connect() as connection, migration_lock(connection):
             context.configure(
                 connection=connection,
                 target_metadata=target_metadata,
@@ -48,9 +60,12 @@ def run_migrations_online() -> None:
                 # SQLite cannot ALTER most things; batch mode rebuilds the table instead.
                 render_as_batch=connection.dialect.name == "sqlite",
                 compare_type=True,
+                on_version_apply=_record_applied,
             )
             with context.begin_transaction():
                 context.run_migrations()
+                heads = context.get_context().get_current_heads()
+            config.attributes["current_revision"] = ", ".join(heads) or None
     finally:
         engine.dispose()
 
