@@ -12,6 +12,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     DateTime,
     Engine,
     Integer,
@@ -86,19 +87,57 @@ class Image(Base):
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utc_now)
 
 
+class CatalogState(Base):
+    """One row: the catalog's generation, bumped by every write in the write's own transaction.
+
+    Two jobs: every writer locks this row first, so writes are serialized (the one-default rule needs
+    that); and a replica knows its cached view is current when the generation has not moved.
+    """
+
+    __tablename__ = "catalog_state"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    generation: Mapped[int] = mapped_column(BigInteger)
+
+
+STATE_ROW_ID = 1
+#: Connections per service process. The API never runs more database work at once than this (see
+#: `api`), so no request ever waits on the pool itself.
+POOL_SIZE = 5
+#: Seconds to wait for a TCP connection to PostgreSQL: a database that is down answers 503 this fast.
+CONNECT_TIMEOUT_S = 3
+#: Seconds one statement may run on PostgreSQL before the server cancels it.
+STATEMENT_TIMEOUT_S = 10
+
+
 def connect(database_url: str, **engine_options: Any) -> Engine:
     """An engine for the catalog database, tuned for its dialect.
 
-    For a SQLite file the folder is created, concurrent writers wait for each other instead of failing
+    PostgreSQL: connections are checked before use (a restarted server is reconnected to by itself), a
+    dead server is noticed within seconds (connect timeout, TCP keepalives, statement timeout).
+    A SQLite file: its folder is created, concurrent writers wait for each other instead of failing
     ("database is locked"), and readers do not block the writer (WAL).
     """
     url = make_url(database_url)
+    options: dict[str, Any] = {"pool_size": POOL_SIZE, "max_overflow": 0, "pool_timeout": 10}
+    options.update(engine_options)
+    if options.get("poolclass") is not None:
+        for pool_option in ("pool_size", "max_overflow", "pool_timeout"):
+            options.pop(pool_option)
     if url.get_backend_name() != "sqlite":
-        return create_engine(url, pool_pre_ping=True, **engine_options)
+        connect_args = {
+            "connect_timeout": CONNECT_TIMEOUT_S,
+            "keepalives": 1,
+            "keepalives_idle": 10,
+            "keepalives_interval": 3,
+            "keepalives_count": 3,
+            "options": f"-c statement_timeout={STATEMENT_TIMEOUT_S * 1000}",
+        }
+        return create_engine(url, pool_pre_ping=True, connect_args=connect_args, **options)
 
     if url.database and url.database != ":memory:" and not url.database.startswith("file:"):
         Path(url.database).parent.mkdir(parents=True, exist_ok=True)
-    engine = create_engine(url, connect_args={"timeout": 30}, **engine_options)
+    engine = create_engine(url, connect_args={"timeout": 30}, **options)
 
     @event.listens_for(engine, "connect")
     def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

@@ -1,40 +1,61 @@
 """Reading and writing catalog entries: the only module that speaks SQL.
 
-Writes are single statements, so that concurrent writers of one name cannot interleave between a check
-and an insert: an upsert is `INSERT … ON CONFLICT (name) DO UPDATE … RETURNING`.
+Every write transaction starts by bumping the generation in `catalog_state`. That first statement takes
+the row's lock (PostgreSQL) or the database's write lock (SQLite), so writers run one at a time and the
+rules that span rows (one default per category) cannot interleave. A write that would change nothing is
+rolled back, generation and all: the catalog, its `updated_at` and every replica's cached view stay as
+they were.
 """
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import RowMapping, delete, select, update
-from sqlalchemy.dialects import postgresql, sqlite
+from pydantic import ValidationError
+from sqlalchemy import RowMapping, delete, insert, select, update
 from sqlalchemy.orm import Session
 
-from thinkube_pipelines.catalog.contract import CatalogItem, ImageUpsert
-from thinkube_pipelines.catalog.db import Image, utc_now
+from thinkube_pipelines.catalog.contract import CatalogItem, Change, ImageUpsert
+from thinkube_pipelines.catalog.db import STATE_ROW_ID, CatalogState, Image, utc_now
 
-_DIALECT_INSERTS = {"postgresql": postgresql.insert, "sqlite": sqlite.insert}
+log = logging.getLogger(__name__)
+
+_TABLE = Image.__table__
+_STATE = CatalogState.__table__
+#: Tries at reading a consistent catalog while writers keep committing.
+_CONSISTENT_READ_TRIES = 20
+
+
+class StateConflict(Exception):
+    """A write asked for an activity change that has its own route; the message says which."""
 
 
 @dataclass(frozen=True)
-class UpsertResult:
-    item: CatalogItem
-    created: bool
+class Written:
+    """A write's result: the stored row (None once deleted) and what the write did."""
+
+    row: RowMapping | None
+    change: Change
 
 
-_TABLE = Image.__table__
+@dataclass(frozen=True)
+class CatalogRows:
+    """Every row of the catalog as of one generation."""
+
+    generation: int
+    rows: list[RowMapping]
 
 
-def to_item(row: RowMapping) -> CatalogItem:
-    """The contract's view of a row of the images table."""
+def to_item(row: RowMapping, *, default: bool | None = None) -> CatalogItem:
+    """The contract's view of a row; `default` overrides the stored mark with the effective one."""
     return CatalogItem(
         name=row["name"],
         display_name=row["display_name"],
         description=row["description"],
-        default=row["is_default"],
+        default=row["is_default"] if default is None else default,
         category=row["category"],
         tags=list(row["tags"]),
         metadata=row["metadata"],
@@ -43,8 +64,20 @@ def to_item(row: RowMapping) -> CatalogItem:
     )
 
 
+def valid_items(rows: Iterable[RowMapping]) -> list[CatalogItem]:
+    """Rows as contract items. A row the contract refuses (written before a rule existed) is left out
+    with an error in the log, rather than failing every read of the catalog."""
+    items = []
+    for row in rows:
+        try:
+            items.append(to_item(row))
+        except ValidationError as error:
+            log.error("catalog row %r breaks the contract and is not served: %s", row["name"], error)
+    return items
+
+
 def _row_values(entry: ImageUpsert) -> dict[str, Any]:
-    """Column values of an entry; every column but the bookkeeping ones."""
+    """Column values of an entry; every column but activity and the bookkeeping ones."""
     return {
         "name": entry.name,
         "display_name": entry.display_name,
@@ -54,68 +87,128 @@ def _row_values(entry: ImageUpsert) -> dict[str, Any]:
         "tags": list(entry.tags),
         "metadata": entry.metadata.model_dump(mode="json"),
         "last_built": entry.last_built,
-        "is_active": entry.is_active,
     }
 
 
-def upsert(session: Session, entry: ImageUpsert) -> UpsertResult:
-    """Create the entry, or replace every field of the one with the same name."""
-    dialect = session.get_bind().dialect.name
-    try:
-        insert = _DIALECT_INSERTS[dialect]
-    except KeyError:
-        raise RuntimeError(f"the catalog supports SQLite and PostgreSQL, not {dialect}") from None
+def _stored_fields(row: RowMapping) -> dict[str, Any]:
+    return to_item(row).model_dump(mode="json", exclude={"is_active"})
 
+
+def _begin_write(session: Session) -> int:
+    """Bump the generation, taking the writers' lock; the new generation."""
+    return session.execute(
+        update(_STATE)
+        .where(_STATE.c.id == STATE_ROW_ID)
+        .values(generation=_STATE.c.generation + 1)
+        .returning(_STATE.c.generation)
+    ).scalar_one()
+
+
+def _row(session: Session, name: str) -> RowMapping | None:
+    return session.execute(select(_TABLE).where(_TABLE.c.name == name)).mappings().one_or_none()
+
+
+def _unmark_other_defaults(session: Session, category: str, name: str) -> None:
+    session.execute(
+        update(_TABLE)
+        .where(_TABLE.c.category == category, _TABLE.c.name != name, _TABLE.c.is_default.is_(True))
+        .values(is_default=False, revision=_TABLE.c.revision + 1, updated_at=utc_now())
+    )
+
+
+def upsert(session: Session, entry: ImageUpsert) -> Written:
+    """Create the entry, or replace its fields; activity changes only through `set_active`."""
+    _begin_write(session)
+    existing = _row(session, entry.name)
+    if existing is not None:
+        if entry.is_active is not None and entry.is_active != existing["is_active"]:
+            session.rollback()
+            route = "activate" if entry.is_active else "deactivate"
+            raise StateConflict(
+                f"Image {entry.name!r} is {'inactive' if not existing['is_active'] else 'active'}; "
+                f"POST /api/v1/images/{entry.name}/{route} to change that, or leave is_active out"
+            )
+        if _stored_fields(existing) == entry.model_dump(mode="json", exclude={"is_active"}):
+            session.rollback()
+            return Written(existing, "unchanged")
+    if entry.default:
+        _unmark_other_defaults(session, entry.category, entry.name)
     now = utc_now()
     values = _row_values(entry)
-    statement = insert(_TABLE).values(**values, revision=1, created_at=now, updated_at=now)
-    replaced = {column: statement.excluded[column] for column in values if column != "name"}
-    statement = statement.on_conflict_do_update(
-        index_elements=[_TABLE.c.name],
-        set_={**replaced, "revision": _TABLE.c.revision + 1, "updated_at": now},
-    ).returning(*_TABLE.c)
-    row = session.execute(statement).mappings().one()
+    if existing is None:
+        active = True if entry.is_active is None else entry.is_active
+        statement = insert(_TABLE).values(
+            **values, is_active=active, revision=1, created_at=now, updated_at=now
+        )
+        change: Change = "created"
+    else:
+        statement = (
+            update(_TABLE)
+            .where(_TABLE.c.name == entry.name)
+            .values(**values, revision=_TABLE.c.revision + 1, updated_at=now)
+        )
+        change = "updated"
+    row = session.execute(statement.returning(*_TABLE.c)).mappings().one()
     session.commit()
-    return UpsertResult(item=to_item(row), created=row["revision"] == 1)
+    return Written(row, change)
 
 
-def get(session: Session, name: str) -> CatalogItem | None:
-    row = session.execute(select(_TABLE).where(_TABLE.c.name == name)).mappings().one_or_none()
-    return to_item(row) if row is not None else None
-
-
-def list_items(
-    session: Session, *, category: str | None = None, active: bool | None = None
-) -> list[CatalogItem]:
-    """Entries ordered by name, optionally narrowed to a category and to (in)active ones."""
-    query = select(_TABLE).order_by(_TABLE.c.name)
-    if category is not None:
-        query = query.where(_TABLE.c.category == category)
-    if active is not None:
-        query = query.where(_TABLE.c.is_active == active)
-    return [to_item(row) for row in session.execute(query).mappings()]
-
-
-def deactivate(session: Session, name: str) -> CatalogItem | None:
-    """Keep the entry but stop offering it; None when there is no such entry."""
-    statement = (
-        update(_TABLE)
-        .where(_TABLE.c.name == name)
-        .values(is_active=False, revision=_TABLE.c.revision + 1, updated_at=utc_now())
-        .returning(*_TABLE.c)
+def set_active(session: Session, name: str, active: bool) -> Written | None:
+    """Offer the image again, or stop offering it (it stays recorded); None when there is no such image."""
+    _begin_write(session)
+    existing = _row(session, name)
+    if existing is None or existing["is_active"] == active:
+        session.rollback()
+        return None if existing is None else Written(existing, "unchanged")
+    row = (
+        session.execute(
+            update(_TABLE)
+            .where(_TABLE.c.name == name)
+            .values(is_active=active, revision=_TABLE.c.revision + 1, updated_at=utc_now())
+            .returning(*_TABLE.c)
+        )
+        .mappings()
+        .one()
     )
-    row = session.execute(statement).mappings().one_or_none()
     session.commit()
-    return to_item(row) if row is not None else None
+    return Written(row, "updated")
 
 
 def remove(session: Session, name: str) -> bool:
     """Delete the entry; False when there was none."""
+    _begin_write(session)
     deleted = session.execute(delete(_TABLE).where(_TABLE.c.name == name).returning(_TABLE.c.id)).all()
-    session.commit()
+    if deleted:
+        session.commit()
+    else:
+        session.rollback()
     return bool(deleted)
 
 
+def generation(session: Session) -> int:
+    """The catalog's current generation: one indexed read, the cost of knowing a cached view is current."""
+    value = session.execute(select(_STATE.c.generation).where(_STATE.c.id == STATE_ROW_ID)).scalar_one()
+    session.rollback()
+    return value
+
+
+def read_all(session: Session) -> CatalogRows:
+    """Every row, as of one generation, on either dialect and any isolation level.
+
+    The generation is read before and after the rows: every commit bumps it, so when both reads agree no
+    write landed in between and the rows are exactly that generation's catalog.
+    """
+    for _ in range(_CONSISTENT_READ_TRIES):
+        before = generation(session)
+        rows = list(session.execute(select(_TABLE).order_by(_TABLE.c.name)).mappings())
+        session.rollback()
+        if generation(session) == before:
+            return CatalogRows(before, rows)
+    raise RuntimeError(f"the catalog kept changing during {_CONSISTENT_READ_TRIES} reads")
+
+
 def ping(session: Session) -> None:
-    """Raise unless the database answers and holds the catalog's table."""
+    """Raise unless the database answers and holds the catalog's tables."""
+    generation(session)
     session.execute(select(_TABLE.c.id).limit(1)).all()
+    session.rollback()

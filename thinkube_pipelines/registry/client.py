@@ -30,17 +30,19 @@ from urllib.parse import quote, urljoin, urlsplit
 
 import requests
 
-from thinkube_pipelines.registry.reference import (
-    _DIGEST,
-    DEFAULT_TIMEOUT_S,
-    INDEX_MEDIA_TYPES,
-    MANIFEST_MEDIA_TYPES,
+from thinkube_pipelines.oci import (
     image_reference,
-    sha256_digest,
+    is_digest,
     validate_digest,
     validate_reference,
     validate_repository,
     validate_tag,
+)
+from thinkube_pipelines.registry.reference import (
+    DEFAULT_TIMEOUT_S,
+    INDEX_MEDIA_TYPES,
+    MANIFEST_MEDIA_TYPES,
+    sha256_digest,
 )
 
 _CHALLENGE_PARAM = re.compile(r'([A-Za-z_][A-Za-z0-9_-]*)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^\s,]*))')
@@ -747,7 +749,7 @@ class RegistryClient:
         raw = response.content
         actual = sha256_digest(raw)
         announced = response.headers.get("Docker-Content-Digest")
-        expected = reference if _DIGEST.fullmatch(reference) else announced
+        expected = reference if is_digest(reference) else announced
         for claimed in {announced, expected} - {None}:
             if claimed and claimed.startswith("sha256:") and claimed != actual:
                 raise DigestMismatch(

@@ -15,7 +15,8 @@ import dagster as dg
 from pydantic import Field
 
 from thinkube_pipelines.builders.base import RegistryAccess, RegistryAuth
-from thinkube_pipelines.registry.reference import DEFAULT_TIMEOUT_S, validate_digest, validate_repository
+from thinkube_pipelines.oci import validate_digest, validate_repository
+from thinkube_pipelines.registry.reference import DEFAULT_TIMEOUT_S
 
 if TYPE_CHECKING:
     from thinkube_pipelines.registry.client import RegistryClient
