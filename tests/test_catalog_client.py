@@ -1,4 +1,6 @@
-"""The catalog client the pipeline writes with, against the real catalog service."""
+"""The blocking catalog client the pipeline writes with, against the real catalog service; the mapping
+from an image definition to a catalog item (beside the assets). The asynchronous client is tested in
+test_catalog_layout.py."""
 
 from __future__ import annotations
 
@@ -7,11 +9,12 @@ from pathlib import Path
 import pytest
 
 from thinkube_pipelines.catalog.client import CatalogClient, CatalogError
-from thinkube_pipelines.catalog.entries import catalog_upsert
+from thinkube_pipelines.defs.images.catalog_item import catalog_upsert
 from thinkube_pipelines.images import load_image_definitions
 
 REPO = Path(__file__).resolve().parents[1]
 DIGEST = "sha256:" + "ab" * 32
+OTHER_DIGEST = "sha256:" + "cd" * 32
 
 
 @pytest.fixture
@@ -45,12 +48,43 @@ def test_entry_carries_the_image_definition(catalog, definition):
 def test_ensure_writes_only_what_changed(catalog, definition):
     client = CatalogClient(catalog.base_url, token=catalog.token)
     wanted = catalog_upsert(definition, registry="reg.example", repository="p/x", digest=DIGEST, tag="t1")
-    first, _ = client.ensure(wanted)
+    first = client.upsert(wanted)
+    assert first.change == "created" and first.item.is_active is True
     again, change = client.ensure(wanted)
-    assert change == "unchanged" and again == first
+    assert change == "unchanged" and again == first.item
     moved = catalog_upsert(definition, registry="reg.example", repository="p/x", digest="sha256:" + "cd" * 32)
     item, change = client.ensure(moved)
     assert change == "updated" and item.metadata.digest == "sha256:" + "cd" * 32
+
+
+def test_a_rebuild_keeps_an_image_the_operator_deactivated(catalog, definition):
+    """The mapping leaves is_active unset: a new build updates the item but does not offer it again."""
+    client = CatalogClient(catalog.base_url, token=catalog.token)
+    wanted = catalog_upsert(definition, registry="reg.example", repository="p/x", digest=DIGEST)
+    assert "is_active" not in wanted.model_dump(exclude_unset=True)
+    client.ensure(wanted)
+    off = client.deactivate(definition.name)
+    assert off.change == "updated" and off.item.is_active is False
+    assert client.deactivate(definition.name).change == "unchanged"
+    rebuilt = catalog_upsert(definition, registry="reg.example", repository="p/x", digest=OTHER_DIGEST)
+    item, change = client.ensure(rebuilt)
+    assert change == "updated" and item.is_active is False
+    assert client.list(active=True) == [] and client.list(active=False) == [item]
+    assert client.activate(definition.name).item.is_active is True
+    client.delete(definition.name)
+    assert client.get(definition.name) is None
+
+
+def test_jupyter_images_reuses_the_list_while_its_etag_holds(catalog, definition):
+    client = CatalogClient(catalog.base_url, token=catalog.token)
+    client.ensure(catalog_upsert(definition, registry="reg.example", repository="p/x", digest=DIGEST))
+    first = client.jupyter_images()
+    assert client.jupyter_not_modified == 0
+    assert client.jupyter_images() == first
+    assert client.jupyter_not_modified == 1, "the second call was not answered 304"
+    # What the caller does with the list it got does not change the cached one.
+    first[0].display_name = "changed by the caller"
+    assert client.jupyter_images()[0].display_name == definition.spec.display_name
 
 
 def test_writing_without_a_token_names_the_catalog(catalog, definition):
@@ -73,6 +107,16 @@ def test_client_names_an_unreachable_catalog():
     client = CatalogClient("http://127.0.0.1:9", timeout_s=2)
     with pytest.raises(CatalogError, match=r"catalog http://127.0.0.1:9 is unreachable"):
         client.list()
+
+
+def test_changing_a_missing_image_reports_the_404(catalog):
+    client = CatalogClient(catalog.base_url, token=catalog.token)
+    for change in (client.activate, client.deactivate, client.delete):
+        with pytest.raises(CatalogError) as caught:
+            change("no-such-image")
+        assert caught.value.status == 404
+        assert str(caught.value).startswith(f"catalog {catalog.base_url}: ")
+        assert "no-such-image" in str(caught.value)
 
 
 def test_client_reports_503_when_no_image_is_offered(catalog):

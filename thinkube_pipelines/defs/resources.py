@@ -32,7 +32,7 @@ class CatalogResource(dg.ConfigurableResource):
     timeout_s: float = Field(10.0, description="Seconds to wait for the catalog before failing.")
 
     def client(self) -> CatalogClient:
-        from thinkube_pipelines.catalog.client import CatalogClient  # brings requests: not at load time
+        from thinkube_pipelines.catalog.client import CatalogClient  # brings requests, httpx: not at load
 
         return CatalogClient(self.url, token=self.token, timeout_s=self.timeout_s)
 

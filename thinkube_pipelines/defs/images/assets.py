@@ -23,13 +23,13 @@ from thinkube_pipelines.builders.base import (
     ImageRunner,
     context_files,
 )
-from thinkube_pipelines.catalog.entries import catalog_upsert
 from thinkube_pipelines.defs.images.build_plan import (
     BaseResolutionError,
     BuildPlan,
     pinned_base,
     plan_build,
 )
+from thinkube_pipelines.defs.images.catalog_item import catalog_upsert
 from thinkube_pipelines.defs.images.checks import smoke_check, smoke_check_spec
 from thinkube_pipelines.defs.images.keys import (
     BUILD_POOL,

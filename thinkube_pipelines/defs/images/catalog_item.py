@@ -1,13 +1,14 @@
-"""How an image definition appears in the catalog: the one mapping from image.yaml to a catalog item."""
+"""How an image definition appears in the catalog: the one mapping from image.yaml to a catalog item.
 
-from __future__ import annotations
+It lives with the assets, not in the catalog package, so that the catalog service never imports the
+pipeline: the service knows the contract (`catalog.contract`), only the pipeline knows image definitions.
+"""
 
 from datetime import datetime
 
-from thinkube_pipelines.catalog.contract import ImageMetadata, ImageUpsert
+from thinkube_pipelines.catalog.contract import JUPYTER_CATEGORY, ImageMetadata, ImageUpsert
 from thinkube_pipelines.images import ImageDefinition
 
-JUPYTER_CATEGORY = "jupyter"
 JUPYTER_COMPATIBLE_TAG = "jupyter-compatible"
 
 
@@ -20,9 +21,12 @@ def catalog_upsert(
     digest: str | None = None,
     image_size: int | None = None,
     last_built: datetime | None = None,
-    active: bool = True,
 ) -> ImageUpsert:
-    """The catalog item for `definition`, published as `registry/repository` at `tag` / `digest`."""
+    """The catalog item for `definition`, published as `registry/repository` at `tag` / `digest`.
+
+    is_active is left unset: a new image is offered, and one an operator deactivated stays deactivated
+    when it is rebuilt (the catalog keeps the stored state).
+    """
     spec = definition.spec
     tags = [JUPYTER_COMPATIBLE_TAG, *(t for t in spec.tags if t != JUPYTER_COMPATIBLE_TAG)]
     return ImageUpsert(
@@ -43,5 +47,4 @@ def catalog_upsert(
             image_size=image_size,
         ),
         last_built=last_built,
-        is_active=active,
     )
