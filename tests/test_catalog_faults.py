@@ -4,7 +4,8 @@ The catalog runs against a PostgreSQL server of this module's own (`start_postgr
 (`pg_ctl stop -m fast`: every open connection is cut) disturbs no other test. While it is down, every
 database-backed answer is a quick 503 with a JSON `detail` (never a hang, never a 500), and /healthz says
 "not ready"; once it is back, the same service process recovers by itself within a bounded time, with every
-write it acknowledged before the outage still there, and takes new writes.
+write it acknowledged before the outage still there, and takes new writes. A server that hangs without
+closing anything (frozen with SIGSTOP) gets the same quick 503s, from the service's own time limits.
 """
 
 from __future__ import annotations
@@ -201,3 +202,28 @@ def test_after_postgres_returns_the_service_recovers_by_itself_and_lost_no_write
         assert read.status == 200, (name, read)
         assert isinstance(read.body, dict)
         assert read.body["name"] == name
+
+
+def test_a_frozen_postgres_gets_quick_503s_and_the_service_recovers_when_it_thaws(
+    catalog: CatalogServer, postgres_back_up: PostgresServer
+) -> None:
+    """A server that hangs without closing its connections (frozen VM, partitioned network): no answer
+    may wait for it past the service's own time limits."""
+    _written(catalog, ["frozen-a"])
+    assert _call("GET", f"{catalog.base_url}/api/v1/images/frozen-a").status == 200
+
+    postgres_back_up.freeze()
+    try:
+        # More requests (8) than the service has database connections (5): the hung ones keep theirs,
+        # the rest must still be answered quickly.
+        for attempt in range(1, 8):
+            for path in ("/api/v1/images/jupyter", "/api/v1/images/frozen-a", "/healthz"):
+                _assert_unavailable(
+                    _call("GET", f"{catalog.base_url}{path}"), f"GET {path} (#{attempt})", catalog
+                )
+            _assert_unavailable(_write(catalog, "frozen-b"), f"POST (#{attempt})", catalog)
+    finally:
+        postgres_back_up.thaw()
+    _wait_ready(catalog)
+    assert _call("GET", f"{catalog.base_url}/api/v1/images/frozen-a").status == 200
+    assert _write(catalog, "frozen-after").status == 201

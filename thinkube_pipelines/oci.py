@@ -15,9 +15,14 @@ TAG_PATTERN = r"[a-zA-Z0-9_][a-zA-Z0-9._-]{0,127}"
 DIGEST_PATTERN = r"[a-z0-9]+(?:[.+_-][a-z0-9]+)*:[a-zA-Z0-9=_-]+"
 SHA256_DIGEST_PATTERN = r"sha256:[a-f0-9]{64}"
 _DOMAIN_COMPONENT = r"(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])"
-#: A registry host with an optional port, never a scheme or a path: `harbor.example.org`, `10.0.0.5:5000`,
-#: `[fd00::1]:5000`, `localhost:5000`.
-DOMAIN_PATTERN = rf"(?:{_DOMAIN_COMPONENT}(?:\.{_DOMAIN_COMPONENT})*|\[[0-9a-fA-F:.]+\])(?::[0-9]{{1,5}})?"
+_PORT = r"(?::[0-9]{1,5})"
+#: A registry host with an optional port, never a scheme or a path, that a container runtime reads as a
+#: registry rather than as a Docker Hub namespace: a dotted name, `localhost`, an [IPv6] address, or any
+#: single name with a port. `harbor.example.org`, `10.0.0.5:5000`, `[fd00::1]:5000`, `registry:5000`.
+DOMAIN_PATTERN = (
+    rf"(?:(?:{_DOMAIN_COMPONENT}(?:\.{_DOMAIN_COMPONENT})+|localhost|\[[0-9a-fA-F:.]+\]){_PORT}?"
+    rf"|{_DOMAIN_COMPONENT}{_PORT})"
+)
 #: Docker's limit on `domain/repository`.
 NAME_TOTAL_LENGTH_MAX = 255
 
@@ -54,16 +59,13 @@ def validate_digest(digest: str) -> str:
 
 
 def validate_domain(domain: str) -> str:
-    """A registry host[:port] that a container runtime reads as a registry, not as a path component:
-    it has a dot, a port, brackets, or is `localhost` (else `x/library/y` means Docker Hub's `x`)."""
+    """A registry host[:port] (see DOMAIN_PATTERN) with a port in range."""
     if not _DOMAIN.fullmatch(domain or "") or len(domain) > NAME_TOTAL_LENGTH_MAX:
-        raise ValueError(f"not a registry host[:port] (no scheme, no path): {domain!r}")
-    if not any(mark in domain for mark in ".:[") and domain != "localhost":
         raise ValueError(
-            f"{domain!r} would be read as a Docker Hub namespace: a registry host needs a dot or a port"
+            f"not a registry host[:port] (a dotted name, localhost or a port; no scheme or path): {domain!r}"
         )
-    port = domain.rpartition(":")[2] if not domain.endswith("]") and ":" in domain else None
-    if port is not None and not 0 < int(port) < 65536:
+    host, _, port = domain.rpartition(":") if not domain.endswith("]") else (domain, "", "")
+    if host and port and not 0 < int(port) < 65536:
         raise ValueError(f"registry port out of range in {domain!r}")
     return domain
 

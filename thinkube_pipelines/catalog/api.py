@@ -10,12 +10,13 @@ serve` migrates before it serves.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from typing import Annotated, Any, TypeVar
 
-import anyio
 from fastapi import Depends, FastAPI, Header, HTTPException, Path, Query, Request, Response, status
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -37,7 +38,7 @@ from thinkube_pipelines.catalog.contract import (
 from thinkube_pipelines.catalog.db import POOL_SIZE, connect, session_factory
 from thinkube_pipelines.catalog.limits import BodyLimit
 from thinkube_pipelines.catalog.settings import CatalogSettings
-from thinkube_pipelines.catalog.view import CatalogView, Encoded, LiveView
+from thinkube_pipelines.catalog.view import CatalogView, DatabaseTimeout, Encoded, LiveView
 from thinkube_pipelines.catalog.writers import AccessDenied, WriteAccess, Writer
 
 log = logging.getLogger(__name__)
@@ -48,7 +49,9 @@ DATABASE_UNAVAILABLE = "The catalog database is unavailable"
 #: Requests that may wait for a database slot; one more is refused at once.
 MAX_WAITING = 64
 #: Seconds a request waits for a database slot before it is refused.
-MAX_WAIT_S = 5.0
+MAX_WAIT_S = 3.0
+#: Seconds a piece of database work may take before the request is answered 503.
+WORK_TIMEOUT_S = 3.0
 RETRY_AFTER_S = 1
 
 ImageNameParam = Annotated[
@@ -72,24 +75,46 @@ class Busy(Exception):
 
 
 class DatabaseGate:
-    """Runs blocking database work in threads, never more at once than the pool has connections."""
+    """Runs blocking database work on its own threads, never more at once than the pool has connections.
+
+    Waiting for a thread is bounded (MAX_WAIT_S, and at most MAX_WAITING waiters), and so is the work
+    itself (WORK_TIMEOUT_S): a database that hangs without closing its connections (a frozen server, a
+    partitioned network) answers 503 within seconds. Work that overruns keeps its thread, and its slot,
+    until the database lets it go, so the pool is never overcommitted.
+    """
 
     def __init__(self, sessions: sessionmaker, slots: int = POOL_SIZE) -> None:
         self._sessions = sessions
-        self._slots = anyio.CapacityLimiter(slots)
-        self._threads = anyio.CapacityLimiter(slots)
+        self._executor = ThreadPoolExecutor(slots, thread_name_prefix="catalog-db")
+        self._free = asyncio.Semaphore(slots)
+        self._waiting = 0
 
     async def run(self, work: Callable[..., T], *args: Any) -> T:
-        if self._slots.statistics().tasks_waiting >= MAX_WAITING:
+        if self._waiting >= MAX_WAITING:
             raise Busy
-        with anyio.move_on_after(MAX_WAIT_S) as waited:
-            await self._slots.acquire()
-        if waited.cancelled_caught:
-            raise Busy
+        self._waiting += 1
         try:
-            return await anyio.to_thread.run_sync(work, *args, limiter=self._threads)
+            async with asyncio.timeout(MAX_WAIT_S):
+                await self._free.acquire()
+        except TimeoutError:
+            raise Busy from None
         finally:
-            self._slots.release()
+            self._waiting -= 1
+        loop = asyncio.get_running_loop()
+
+        def in_thread() -> T:
+            try:
+                return work(*args)
+            finally:
+                loop.call_soon_threadsafe(self._free.release)
+
+        done = loop.run_in_executor(self._executor, in_thread)
+        try:
+            async with asyncio.timeout(WORK_TIMEOUT_S):
+                return await asyncio.shield(done)
+        except TimeoutError:
+            log.error("catalog database did not answer within %s s", WORK_TIMEOUT_S)
+            raise DatabaseTimeout from None
 
     async def in_session(self, work: Callable[..., T], *args: Any) -> T:
         """`work(session, *args)` in a session of its own."""
@@ -99,6 +124,9 @@ class DatabaseGate:
                 return work(session, *args)
 
         return await self.run(with_session)
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)
 
 
 def _writer(
@@ -174,13 +202,14 @@ def create_app(settings: CatalogSettings | None = None) -> FastAPI:
             rows = store.read_all(session)
         return CatalogView(rows.generation, store.valid_items(rows.rows))
 
-    live = LiveView(refresh, gate.run)
+    live = LiveView(refresh, gate.run, timeout_s=WORK_TIMEOUT_S)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         if not settings.has_writer:
             log.warning("no THINKUBE_CATALOG_TOKEN nor THINKUBE_OIDC_ISSUER: every write will be refused")
         yield
+        gate.close()
         engine.dispose()
 
     app = FastAPI(
@@ -206,7 +235,8 @@ def create_app(settings: CatalogSettings | None = None) -> FastAPI:
 
     @app.exception_handler(DBAPIError)
     @app.exception_handler(PoolTimeout)
-    async def _database_unavailable(_request: Request, error: SQLAlchemyError) -> JSONResponse:
+    @app.exception_handler(DatabaseTimeout)
+    async def _database_unavailable(_request: Request, error: Exception) -> JSONResponse:
         reason = getattr(error, "orig", None) or error
         log.error("catalog database unavailable: %s", reason.__class__.__name__)
         return JSONResponse({"detail": DATABASE_UNAVAILABLE}, status_code=503, headers={"Retry-After": "5"})
@@ -230,7 +260,7 @@ def create_app(settings: CatalogSettings | None = None) -> FastAPI:
         """Ready when the database answers and holds the catalog's tables."""
         try:
             await gate.in_session(store.ping)
-        except (SQLAlchemyError, Busy) as error:
+        except (SQLAlchemyError, Busy, DatabaseTimeout) as error:
             log.warning("readiness check failed: %s", error.__class__.__name__)
             raise HTTPException(503, "The catalog database is not ready") from None
         return {"status": "ok"}
@@ -292,6 +322,7 @@ def create_app(settings: CatalogSettings | None = None) -> FastAPI:
         responses={
             201: {"description": "Created", "model": WriteOutcome},
             200: {"description": "Updated, or unchanged (`change` says which)"},
+            **_error(400, "The body could not be read as JSON text."),
             **_error(409, "is_active differs from the image's state, which has its own routes."),
             **_WRITE,
         },

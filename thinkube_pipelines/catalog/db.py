@@ -107,7 +107,7 @@ POOL_SIZE = 5
 #: Seconds to wait for a TCP connection to PostgreSQL: a database that is down answers 503 this fast.
 CONNECT_TIMEOUT_S = 3
 #: Seconds one statement may run on PostgreSQL before the server cancels it.
-STATEMENT_TIMEOUT_S = 10
+STATEMENT_TIMEOUT_S = 3
 
 
 def connect(database_url: str, **engine_options: Any) -> Engine:

@@ -17,6 +17,10 @@ from dataclasses import dataclass
 from thinkube_pipelines.catalog.contract import JUPYTER_CATEGORY, CatalogItem
 
 
+class DatabaseTimeout(Exception):
+    """The database took longer than the service waits: the request is answered 503."""
+
+
 @dataclass(frozen=True)
 class Encoded:
     """A response body and its strong ETag."""
@@ -99,8 +103,10 @@ class LiveView:
         self,
         refresh: Callable[[CatalogView | None], CatalogView],
         run: Callable[..., Awaitable[CatalogView]],
+        timeout_s: float,
     ) -> None:
         self._refresh = refresh
+        self._timeout_s = timeout_s
         self._run = run
         self._view: CatalogView | None = None
         self._running: asyncio.Task[CatalogView] | None = None
@@ -116,7 +122,11 @@ class LiveView:
             if self._queued is None:
                 self._queued = asyncio.get_running_loop().create_future()
             waited = self._queued
-        return await asyncio.shield(waited)
+        try:
+            async with asyncio.timeout(self._timeout_s):
+                return await asyncio.shield(waited)
+        except TimeoutError:
+            raise DatabaseTimeout from None
 
     def _start(self) -> asyncio.Task[CatalogView]:
         task = asyncio.ensure_future(self._check())
