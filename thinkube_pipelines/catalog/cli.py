@@ -26,6 +26,9 @@ from thinkube_pipelines.catalog.settings import DATABASE_URL_ENV, CatalogSetting
 
 log = logging.getLogger("thinkube_pipelines.catalog")
 
+#: Seconds an idle HTTP connection is kept open (uvicorn's default is 5; load balancers use 60-350).
+KEEP_ALIVE_S = 75
+
 
 class SetupError(Exception):
     """A setting that stops the service from starting; the message names it."""
@@ -74,7 +77,15 @@ def _serve(args: argparse.Namespace) -> None:
 
     settings = _settings()
     _migrate(settings)
-    uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level=args.log_level)
+    uvicorn.run(
+        create_app(settings),
+        host=args.host,
+        port=args.port,
+        log_level=args.log_level,
+        # Longer than any client keeps an idle connection: a server that closes a kept-alive connection
+        # while a client sends on it makes that request fail ("closed without response").
+        timeout_keep_alive=KEEP_ALIVE_S,
+    )
 
 
 def _parser() -> argparse.ArgumentParser:
