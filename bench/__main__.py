@@ -1,8 +1,11 @@
 """`python -m bench` (`make bench`): run every benchmark, print progress, write bench/RESULTS.md.
 
-    python -m bench                 everything (about 15-20 minutes: the cold build is a real buildah build)
-    python -m bench --quick         the load benchmark at 50 folders, 3 repetitions; prints, writes nothing
-    python -m bench --only load     one part (load or pipeline); --out PATH to write its results
+    python -m bench                 everything (about 30 minutes: the cold build is a real buildah build,
+                                    the catalog's load runs 2 databases x 3 servers x 3 repetitions x 30 s)
+    python -m bench --quick         the load benchmark at 50 folders and the catalog's load at 10 s a run,
+                                    3 repetitions each; prints, writes nothing
+    python -m bench --only load     one part (load, pipeline or catalog); --out PATH to write its results
+    python -m bench --only catalog --quick   the catalog's load only, shortened
 
 Every service the benchmarks start is stopped by its own process handle, also on failure or Ctrl-C.
 """
@@ -13,9 +16,11 @@ import argparse
 import signal
 import sys
 import time
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
+from bench.catalog_load import CatalogLoadConfig, run_catalog_load, wrk_binary
 from bench.machine import load_average, machine
 from bench.report import render
 from bench.timing import REPO, log
@@ -30,22 +35,44 @@ def _terminate(signum: int, _frame: object) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--quick", action="store_true", help="load benchmark at 50 folders only, 3 repetitions"
+        "--quick",
+        action="store_true",
+        help="load benchmark at 50 folders, catalog load at 10 s a run, 3 repetitions each (with --only: "
+        "that part, shortened; the pipeline has no short form)",
     )
-    parser.add_argument("--only", choices=["load", "pipeline"], help="run one part")
+    parser.add_argument("--only", choices=["load", "pipeline", "catalog"], help="run one part")
     parser.add_argument("--repetitions", type=int, default=9, help="repetitions of each load measurement")
     parser.add_argument("--reruns", type=int, default=3, help="no-change reruns of the pipeline")
+    parser.add_argument(
+        "--catalog-repetitions", type=int, default=3, help="repetitions of each catalog load measurement"
+    )
+    parser.add_argument("--catalog-duration", type=int, default=30, help="seconds of each catalog load run")
+    parser.add_argument(
+        "--catalog-database",
+        action="append",
+        choices=["sqlite", "postgresql"],
+        help="database(s) of the catalog load benchmark (default: both)",
+    )
     parser.add_argument(
         "--out", type=Path, help=f"where to write the results (default {RESULTS}, not with --quick)"
     )
     args = parser.parse_args(argv)
     signal.signal(signal.SIGTERM, _terminate)
 
-    parts = {"load", "pipeline"} if args.only is None else {args.only}
+    parts = {"load", "pipeline", "catalog"} if args.only is None else {args.only}
     sizes, repetitions = [50, 500], max(3, args.repetitions)
+    catalog_config = CatalogLoadConfig(
+        repetitions=max(1, args.catalog_repetitions),
+        duration_s=max(1, args.catalog_duration),
+        databases=tuple(args.catalog_database or ("sqlite", "postgresql")),
+    )
     if args.quick:
-        parts, sizes, repetitions = {"load"}, [50], 3
+        parts = {"load", "catalog"} if args.only is None else {args.only}
+        sizes, repetitions = [50], 3
+        catalog_config = replace(catalog_config, repetitions=3, duration_s=10, warmup_s=2)
     out = args.out or (None if args.quick or args.only else RESULTS)
+    if "catalog" in parts:
+        wrk_binary()  # missing wrk stops the run now, not after the other parts
 
     started = time.monotonic()
     context = {
@@ -54,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
         "load_before": load_average(),
     }
     log(f"machine: {context['machine']}; load average {context['load_before']}")
-    load = pipeline = None
+    load = pipeline = catalog = None
     if "load" in parts:
         from bench.load import run_load
 
@@ -65,9 +92,16 @@ def main(argv: list[str] | None = None) -> int:
 
         log("pipeline of jupyter-base: services, base image, trivial runs, cold build, no-change reruns")
         pipeline = run_pipeline(reruns=max(1, args.reruns), trivial_runs=3)
+    if "catalog" in parts:
+        log(
+            f"catalog load: {catalog_config.images} images, {catalog_config.connections} clients, "
+            f"{catalog_config.duration_s} s a run, {catalog_config.repetitions} repetitions, interleaved, "
+            f"on {', '.join(catalog_config.databases)}"
+        )
+        catalog = run_catalog_load(catalog_config)
     context["load_after"] = load_average()
     context["duration"] = f"{(time.monotonic() - started) / 60:.1f} min"
-    text = render(context, load, pipeline)
+    text = render(context, load, pipeline, catalog)
     print(text, flush=True)
     if out is not None:
         out.write_text(text, encoding="utf-8")

@@ -73,7 +73,7 @@ def _row(*cells: object) -> str:
     return "| " + " | ".join(str(c) for c in cells) + " |"
 
 
-def render(context: dict, load, pipeline) -> str:
+def render(context: dict, load, pipeline, catalog=None) -> str:
     lines = [
         HEADER,
         f"- date: {context['date']} (the whole run took {context.get('duration', '?')})",
@@ -90,6 +90,8 @@ def render(context: dict, load, pipeline) -> str:
         lines += _load_section(load)
     if pipeline is not None:
         lines += _pipeline_section(pipeline)
+    if catalog is not None:
+        lines += _catalog_section(catalog)
     return "\n".join(lines).rstrip() + "\n"
 
 
@@ -313,5 +315,218 @@ def _pipeline_section(p) -> list[str]:
     for step in steps:
         counts = [cold.events_by_step.get(step, 0), *[r.events_by_step.get(step, 0) for r in p.reruns]]
         lines.append(_row(f"`{step}`", *counts))
+    lines.append("")
+    return lines
+
+
+CATALOG_INTRO = """## 3. The catalog under load
+
+`GET /api/v1/images/jupyter` of the catalog service (the active Jupyter images, which the hub asks at
+every spawn) holding {images} active images (`jupyter-bench-000`, ..., registered through
+`POST /api/v1/images` with the service token), asked by {connections} concurrent clients:
+`{wrk}` with {threads} thread(s) and {connections} connections, each sending its next request when the
+answer to the previous one has arrived, for {duration} s a run. Each database is measured with its own
+three servers, one uvicorn process each, on 127.0.0.1 of this machine, started as `thinkube-catalog
+serve` starts the catalog (`uvicorn.run(app, host=, port=, log_level="{log_level}", {options})`: uvloop,
+httptools, no access log):
+
+- baseline: `bench/constant_catalog.py --mode value`, a FastAPI endpoint returning the JSON the catalog
+  answered, held as a Python constant, which FastAPI serializes on each request;
+- reference, for information only: `--mode bytes`, the same body pre-encoded, answered as
+  `Response(content=bytes, media_type="application/json")`, so no serialization at all;
+- the catalog service itself (`python -m thinkube_pipelines.catalog serve`), on SQLite (a temporary file)
+  or on PostgreSQL (a throwaway cluster on this machine, fsync off).
+
+The runs are interleaved (baseline, reference, catalog, baseline, ...), {repetitions} repetitions after one
+{warmup} s warm-up run of each server that is not counted. After each run the server just measured must
+settle before the next run starts: its CPU idle and one request answered within {prompt:.0f} s, so that the
+requests it had accepted when wrk cut its connections (still being served, or stuck) neither steal from
+the next run nor hide their outcome.
+
+- answers/s: answers with a status below 400 per second of the run.
+- p50, p99: wrk's latency percentiles of the answers received within the run. The requests still
+  unanswered when a run ends are in neither, so a server that answers few requests would look fast:
+  p99 is therefore taken as at least a bound over every request sent, answered or not (marked "at
+  least"): with each of the {connections} connections always waiting on one request, their waits over a
+  run of D s add up to {connections}*D over N answered + {connections} unanswered requests, a mean M, and
+  since no wait within the run exceeds D, p99 >= (M - D/100) / 0.99. A run with no answer at all counts
+  as infinitely slow.
+- errors: wrk's counts, summed over the runs: answers with status 400 or above, and socket errors
+  (connect, read, write, and timeouts: answers later than {timeout} s). Server ERROR records: what the
+  server itself logged at level ERROR from the start of each run until it had settled (requests that
+  failed after wrk had cut their connection included); one failed request may show in both.
+- server CPU per answer: the server process's user+system CPU time during the runs over its answers
+  (PostgreSQL's own processes not included).
+- ratios: the median (over the repetitions) of each figure over the baseline's, from the same run.
+
+Goals (issue 7): 0 errors (wrk's and the server's own), throughput at least 1.0x the baseline's, p99 no
+worse than the baseline's; on SQLite and on PostgreSQL.
+"""
+
+CATALOG_LABELS = {
+    "baseline": "baseline: FastAPI returning the JSON as a constant",
+    "bytes": "reference: the same body pre-encoded (information)",
+    "catalog": "the catalog service",
+}
+
+
+def _ms(value: float) -> str:
+    if value == float("inf"):
+        return "none answered"
+    return f"{value:.0f} ms" if value >= 10 else f"{value:.1f} ms"
+
+
+def _x(value: float) -> str:
+    if value != value:  # NaN: infinite over infinite
+        return "n/a"
+    return "inf" if value == float("inf") else f"{value:.2f}x"
+
+
+def _p99(target) -> str:
+    """The judged p99 (median over the runs), marked when the bound over all requests set it."""
+    judged = target.median("p99_judged_ms")
+    bound = judged > target.median("p99_ms") or any(run.p99_bound_ms > run.p99_ms for run in target.runs)
+    return f"at least {_ms(judged)}" if bound and judged != float("inf") else _ms(judged)
+
+
+def _catalog_goals(db) -> tuple[bool, bool, bool]:
+    """(0 errors, throughput >= 1.0x, p99 <= baseline); a baseline that answered nothing judges nothing."""
+    catalog, base = db.targets["catalog"], db.targets["baseline"]
+    judged = base.median("rps") > 0
+    no_errors = catalog.error_count == 0 and catalog.logged == 0
+    throughput = judged and ratio(catalog.median("rps"), base.median("rps")) >= 1.0
+    p99 = judged and catalog.median("p99_judged_ms") <= base.median("p99_judged_ms")
+    return no_errors, throughput, p99
+
+
+def _catalog_section(results) -> list[str]:
+    from bench.catalog_load import PROMPT_S
+    from bench.constant_catalog import serve_options
+
+    config = results.config
+    lines = [
+        CATALOG_INTRO.format(
+            images=config.images,
+            connections=config.connections,
+            threads=config.threads,
+            duration=config.duration_s,
+            repetitions=config.repetitions,
+            warmup=config.warmup_s,
+            timeout=config.timeout_s,
+            wrk=results.wrk_version,
+            log_level="warning",
+            prompt=PROMPT_S,
+            options=", ".join(f"{key}={value}" for key, value in serve_options().items()),
+        ),
+        _row("database", "0 errors", "throughput >= 1.0x", "p99 <= baseline", "all goals"),
+        _row(*["---"] * 5),
+    ]
+    for db in results.databases:
+        if db.not_measured is not None or not db.targets:
+            lines.append(_row(db.database, "not measured", "not measured", "not measured", "**MISSED**"))
+            continue
+        goals = _catalog_goals(db)
+        lines.append(_row(db.database, *(_verdict(ok) for ok in goals), _verdict(all(goals))))
+    lines.append("")
+    for db in results.databases:
+        lines += _catalog_database_lines(db)
+    return lines
+
+
+def _catalog_database_lines(db) -> list[str]:
+    lines = [f"### {db.database}", ""]
+    if db.not_measured is not None or not db.targets:
+        lines += ["Not measured: the setup failed:", "", "```", db.not_measured or "no runs", "```", ""]
+        return lines
+    base = db.targets["baseline"]
+    identical = "identical" if db.bodies_identical else "**not identical**"
+    lines += [
+        f"{db.items} images registered through the API in {db.populate_s:.1f} s; the answer is {db.items} "
+        f"items, {db.body_bytes} bytes, byte for byte {identical} from the three servers.",
+        "",
+        _row(
+            "server",
+            "answers/s",
+            "min-max",
+            "p50",
+            "p99",
+            "errors (wrk)",
+            "server ERROR records",
+            "server CPU per answer",
+            "throughput ratio",
+            "p50 ratio",
+            "p99 ratio",
+        ),
+        _row(*["---"] * 11),
+    ]
+    for name, target in db.targets.items():
+        rps = [run.rps for run in target.runs]
+        cpu = target.cpu_ms_per_answer
+        lines.append(
+            _row(
+                CATALOG_LABELS.get(name, name),
+                f"{target.median('rps'):.1f}",
+                f"{min(rps):.1f}-{max(rps):.1f}",
+                _ms(target.median("p50_ms")),
+                _p99(target),
+                target.error_count,
+                target.logged,
+                "n/a (no answer)" if cpu != cpu else f"{cpu:.2f} ms",
+                _x(ratio(target.median("rps"), base.median("rps"))),
+                _x(ratio(target.median("p50_ms"), base.median("p50_ms"))),
+                _x(ratio(target.median("p99_judged_ms"), base.median("p99_judged_ms"))),
+            )
+        )
+    no_errors, throughput, p99 = _catalog_goals(db)
+    catalog = db.targets["catalog"]
+    lines += [
+        "",
+        f"Goals for the catalog on {db.database}: 0 errors ({catalog.error_count} from wrk, "
+        f"{catalog.logged} ERROR records in its log): {_verdict(no_errors)}; throughput at least 1.0x the "
+        f"baseline's ({_x(ratio(catalog.median('rps'), base.median('rps')))}): {_verdict(throughput)}; "
+        f"p99 no worse than the baseline's ({_p99(catalog)} against {_p99(base)}): {_verdict(p99)}.",
+        "",
+        "wrk's errors by kind, summed over the runs:",
+        "",
+        _row("server", "status >= 400", "connect", "read", "write", "timeout"),
+        _row(*["---"] * 6),
+    ]
+    for name, target in db.targets.items():
+        errors = target.errors()
+        kinds = ("status", "connect", "read", "write", "timeout")
+        lines.append(_row(CATALOG_LABELS.get(name, name), *(errors[kind] for kind in kinds)))
+    names = list(db.targets)
+    lines += [
+        "",
+        "Each run: answers/s; p99 of the answers (the bound over all requests); wrk errors; server ERROR "
+        "records; seconds to settle after it:",
+        "",
+        _row("repetition", *names),
+        _row(*["---"] * (1 + len(names))),
+    ]
+    for index in range(max(len(target.runs) for target in db.targets.values())):
+        cells = []
+        for name in names:
+            runs = db.targets[name].runs
+            if index < len(runs):
+                run = runs[index]
+                cells.append(
+                    f"{run.rps:.1f}; {_ms(run.p99_ms)} ({_ms(run.p99_bound_ms)}); {run.error_count}; "
+                    f"{run.logged}; {run.settle_s:.1f} s"
+                )
+            else:
+                cells.append("")
+        lines.append(_row(index + 1, *cells))
+    for name, target in db.targets.items():
+        label = CATALOG_LABELS.get(name, name)
+        if target.warmup_logged_errors:
+            lines += [
+                "",
+                f"{label}: {target.warmup_logged_errors} ERROR records in its log during the warm-up run "
+                "(not counted above).",
+            ]
+        if target.log_errors:
+            lines += ["", f"{label}: its first ERROR records during the runs:", "", "```"]
+            lines += [*target.log_errors, "```"]
     lines.append("")
     return lines
