@@ -245,12 +245,6 @@ def create_app(settings: CatalogSettings | None = None) -> FastAPI:
     async def _conflict(_request: Request, error: store.StateConflict) -> JSONResponse:
         return JSONResponse({"detail": str(error)}, status_code=409)
 
-    async def outcome(written: store.Written) -> WriteOutcome:
-        """The stored item as readers now see it (its effective default included)."""
-        view = await live.current()
-        item = view.catalog_item(written.row["name"]) if written.row is not None else None
-        return WriteOutcome(change=written.change, item=item or store.to_item(written.row))
-
     @app.get(
         "/healthz",
         tags=["health"],
@@ -338,7 +332,7 @@ def create_app(settings: CatalogSettings | None = None) -> FastAPI:
             response.status_code = status.HTTP_201_CREATED
         if written.change != "unchanged":
             log.info("image %s %s by %s", entry.name, written.change, writer.name)
-        return await outcome(written)
+        return WriteOutcome(change=written.change, item=written.item)
 
     async def set_active(name: str, active: bool, writer: Writer) -> WriteOutcome:
         written = await gate.in_session(store.set_active, name, active)
@@ -346,7 +340,7 @@ def create_app(settings: CatalogSettings | None = None) -> FastAPI:
             raise _not_found(name)
         if written.change != "unchanged":
             log.info("image %s %s by %s", name, "activated" if active else "deactivated", writer.name)
-        return await outcome(written)
+        return WriteOutcome(change=written.change, item=written.item)
 
     @app.post(
         "/api/v1/images/{name}/activate",

@@ -35,10 +35,15 @@ class StateConflict(Exception):
 
 @dataclass(frozen=True)
 class Written:
-    """A write's result: the stored row (None once deleted) and what the write did."""
+    """A write's result: the stored row, what the write did, and whether readers now see it as default."""
 
-    row: RowMapping | None
+    row: RowMapping
     change: Change
+    default: bool
+
+    @property
+    def item(self) -> CatalogItem:
+        return to_item(self.row, default=self.default)
 
 
 @dataclass(frozen=True)
@@ -104,6 +109,18 @@ def _begin_write(session: Session) -> int:
     ).scalar_one()
 
 
+def _written(session: Session, row: RowMapping, change: Change) -> Written:
+    """The result of a write of `row`, with the default readers see: the marked active image of its
+    category, else the first active one by name (as `view.effective_defaults` decides)."""
+    chosen = session.execute(
+        select(_TABLE.c.name)
+        .where(_TABLE.c.category == row["category"], _TABLE.c.is_active.is_(True))
+        .order_by(_TABLE.c.is_default.desc(), _TABLE.c.name)
+        .limit(1)
+    ).scalar_one_or_none()
+    return Written(row, change, chosen == row["name"])
+
+
 def _row(session: Session, name: str) -> RowMapping | None:
     return session.execute(select(_TABLE).where(_TABLE.c.name == name)).mappings().one_or_none()
 
@@ -129,8 +146,9 @@ def upsert(session: Session, entry: ImageUpsert) -> Written:
                 f"POST /api/v1/images/{entry.name}/{route} to change that, or leave is_active out"
             )
         if _stored_fields(existing) == entry.model_dump(mode="json", exclude={"is_active"}):
+            written = _written(session, existing, "unchanged")
             session.rollback()
-            return Written(existing, "unchanged")
+            return written
     if entry.default:
         _unmark_other_defaults(session, entry.category, entry.name)
     now = utc_now()
@@ -149,8 +167,9 @@ def upsert(session: Session, entry: ImageUpsert) -> Written:
         )
         change = "updated"
     row = session.execute(statement.returning(*_TABLE.c)).mappings().one()
+    written = _written(session, row, change)
     session.commit()
-    return Written(row, change)
+    return written
 
 
 def set_active(session: Session, name: str, active: bool) -> Written | None:
@@ -158,8 +177,9 @@ def set_active(session: Session, name: str, active: bool) -> Written | None:
     _begin_write(session)
     existing = _row(session, name)
     if existing is None or existing["is_active"] == active:
+        written = None if existing is None else _written(session, existing, "unchanged")
         session.rollback()
-        return None if existing is None else Written(existing, "unchanged")
+        return written
     row = (
         session.execute(
             update(_TABLE)
@@ -170,8 +190,9 @@ def set_active(session: Session, name: str, active: bool) -> Written | None:
         .mappings()
         .one()
     )
+    written = _written(session, row, "updated")
     session.commit()
-    return Written(row, "updated")
+    return written
 
 
 def remove(session: Session, name: str) -> bool:

@@ -67,9 +67,6 @@ class CatalogView:
     def item(self, name: str) -> Encoded | None:
         return self._items.get(name)
 
-    def catalog_item(self, name: str) -> CatalogItem | None:
-        return next((item for item in self.items if item.name == name), None)
-
     def listing(self, category: str | None = None, active: bool | None = None) -> Encoded:
         """The items of `category` (any if None), active or inactive (either if None), by name."""
         key = (category, active)
