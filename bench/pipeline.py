@@ -10,7 +10,6 @@ each against the same CLI materializing one trivial asset.
 from __future__ import annotations
 
 import re
-import secrets
 import shutil
 import sqlite3
 import subprocess
@@ -23,9 +22,7 @@ from pathlib import Path
 
 from bench.timing import BIN, REPO, log, plain_env, tail
 from bench.trivial_defs import TRIVIAL_ASSET, TRIVIAL_STEP
-from tests.fixtures.catalog import catalog_command, catalog_env
-from tests.fixtures.network import free_port
-from tests.fixtures.processes import stop_process
+from tests.fixtures.catalog import CatalogServer, start_catalog
 from tests.fixtures.registry import RunningRegistry, start_registry
 from thinkube_pipelines.builders.debian_base import DEFAULT_REPOSITORY_NAME, DEFAULT_TAG, publish_debian_base
 from thinkube_pipelines.defs.images.keys import STAGES
@@ -40,7 +37,6 @@ HOST_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
 COLD_TIMEOUT_S = 2400.0
 RUN_TIMEOUT_S = 600.0
 CATALOG_START_S = 60.0
-_CATALOG_WRITE = re.compile(r'"(POST|PUT|PATCH|DELETE) /api/v1/images\S* HTTP/[\d.]+" (\d{3})')
 
 
 @dataclass
@@ -74,58 +70,47 @@ class Services:
     def __init__(self, root: Path):
         self.root = root
         self.registry: RunningRegistry | None = None
-        self.catalog: subprocess.Popen | None = None
-        self.catalog_url = ""
-        self.catalog_token = secrets.token_urlsafe(32)
+        self.catalog: CatalogServer | None = None
         self.catalog_db = root / "catalog" / "catalog.db"
-        self.catalog_log = root / "catalog" / "catalog.log"
+
+    @property
+    def catalog_url(self) -> str:
+        assert self.catalog is not None
+        return self.catalog.base_url
+
+    @property
+    def catalog_token(self) -> str:
+        assert self.catalog is not None and self.catalog.token is not None
+        return self.catalog.token
 
     def start(self) -> None:
         self.registry = start_registry(self.root / "registry", username=REGISTRY_USER, log_level="warn")
         log(f"registry: {self.registry.url} (pid {self.registry.process.pid}), user {REGISTRY_USER}")
-        self.catalog_db.parent.mkdir(parents=True)
-        port = free_port()
-        self.catalog_url = f"http://127.0.0.1:{port}"
-        env = catalog_env(f"sqlite:///{self.catalog_db}", token=self.catalog_token)
-        with self.catalog_log.open("wb") as out:
-            # --log-level info: uvicorn's access log, one line per request, is how writes are counted.
-            argv = catalog_command("serve", "--host", "127.0.0.1", "--port", str(port), "--log-level", "info")
-            self.catalog = subprocess.Popen(argv, cwd=self.catalog_db.parent, env=env, stdout=out, stderr=out)
-        import requests
+        self.catalog = start_catalog(
+            self.catalog_db.parent, f"sqlite:///{self.catalog_db}", ready_timeout_s=CATALOG_START_S
+        )
+        log(f"catalog: {self.catalog.base_url} (pid {self.catalog.process.pid}), SQLite {self.catalog_db}")
 
-        deadline = time.monotonic() + CATALOG_START_S
-        while True:
-            if self.catalog.poll() is not None:
-                raise RuntimeError(
-                    f"the catalog service exited with {self.catalog.returncode}:\n{tail(self.catalog_log)}"
-                )
-            try:
-                if requests.get(f"{self.catalog_url}/healthz", timeout=2).status_code == 200:
-                    break
-            except requests.ConnectionError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"the catalog service did not become ready:\n{tail(self.catalog_log)}")
-            time.sleep(0.2)
-        log(f"catalog: {self.catalog_url} (pid {self.catalog.pid}), SQLite {self.catalog_db}")
-
-    def catalog_writes(self) -> int:
-        """Writes the catalog answered so far (its access log)."""
-        text = self.catalog_log.read_text(errors="replace") if self.catalog_log.exists() else ""
-        return sum(1 for _ in _CATALOG_WRITE.finditer(text))
-
-    def catalog_revision(self, name: str) -> int | None:
-        """The item's write counter in the database (1 after its insert, +1 per update)."""
+    def _read(self, query: str, *params: object) -> int | None:
         if not self.catalog_db.exists():
             return None
         with closing(sqlite3.connect(f"file:{self.catalog_db}?mode=ro", uri=True)) as db:
-            row = db.execute("SELECT revision FROM images WHERE name = ?", (name,)).fetchone()
+            row = db.execute(query, params).fetchone()
         return row[0] if row else None
+
+    def catalog_writes(self) -> int:
+        """Writes the catalog committed so far: its generation, which every committed write bumps (a POST
+        the catalog answers `unchanged` writes nothing and does not count)."""
+        return self._read("SELECT generation FROM catalog_state") or 0
+
+    def catalog_revision(self, name: str) -> int | None:
+        """The item's write counter in the database (1 after its insert, +1 per update)."""
+        return self._read("SELECT revision FROM images WHERE name = ?", name)
 
     def stop(self) -> None:
         if self.catalog is not None:
-            stop_process(self.catalog)
-            log(f"catalog stopped (pid {self.catalog.pid}, exit {self.catalog.returncode})")
+            self.catalog.stop()
+            log(f"catalog stopped (pid {self.catalog.process.pid}, exit {self.catalog.process.returncode})")
         if self.registry is not None:
             self.registry.stop()
             log(f"registry stopped (pid {self.registry.process.pid})")

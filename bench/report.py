@@ -34,8 +34,9 @@ PIPELINE_INTRO = """## 2. The pipeline of jupyter-base, end to end
 jupyter-base/build,jupyter-base/published,jupyter-base/catalog_entry` (the blocking smoke check of
 `build` runs with it), with the environment of the Makefile's PIPELINE_ENV, against services this
 benchmark started on free ports: a CNCF registry with htpasswd auth (blob uploads and manifest PUTs
-counted in its access log), the catalog service on SQLite (writes counted in its access log, the
-item's `revision` read from its database), the Debian base published to that registry (mmdebstrap
+counted in its access log), the catalog service on SQLite (writes counted by its generation, which
+every committed write bumps: the step's one POST answered `unchanged` is no write; the item's
+`revision` read from its database), the Debian base published to that registry (mmdebstrap
 tarball from .state/cache), a Dagster home and a buildah storage ({driver}) in a temporary folder,
 the `image_builds` pool limited to 1 as `make demo` does.
 
