@@ -26,6 +26,7 @@ from tests.fixtures.catalog import catalog_command, catalog_env
 from tests.fixtures.network import free_port
 from tests.fixtures.processes import stop_process
 from thinkube_pipelines.catalog import schema
+from thinkube_pipelines.catalog.db import STATEMENT_TIMEOUT_S
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -274,6 +275,9 @@ def _started_while_locked(
             assert all(process.poll() is None for process in processes), logs()
             # While they wait, neither has created anything: the lock is taken before Alembic looks.
             assert not _tables(url) & {"images", "catalog_alembic_version"}, logs()
+            # Held past the service's statement timeout: a replica waits as long as the migration takes.
+            time.sleep(STATEMENT_TIMEOUT_S + 1)
+            assert all(process.poll() is None for process in processes), logs()
         yield processes, log_paths, logs
     finally:
         for process in processes:

@@ -110,11 +110,14 @@ CONNECT_TIMEOUT_S = 3
 STATEMENT_TIMEOUT_S = 3
 
 
-def connect(database_url: str, **engine_options: Any) -> Engine:
+def connect(
+    database_url: str, *, statement_timeout_s: float | None = STATEMENT_TIMEOUT_S, **engine_options: Any
+) -> Engine:
     """An engine for the catalog database, tuned for its dialect.
 
     PostgreSQL: connections are checked before use (a restarted server is reconnected to by itself), a
-    dead server is noticed within seconds (connect timeout, TCP keepalives, statement timeout).
+    dead server is noticed within seconds (connect timeout, TCP keepalives, statement timeout; the
+    migrations pass `statement_timeout_s=None`: DDL and the wait for their lock may take longer).
     A SQLite file: its folder is created, concurrent writers wait for each other instead of failing
     ("database is locked"), and readers do not block the writer (WAL).
     """
@@ -125,14 +128,15 @@ def connect(database_url: str, **engine_options: Any) -> Engine:
         for pool_option in ("pool_size", "max_overflow", "pool_timeout"):
             options.pop(pool_option)
     if url.get_backend_name() != "sqlite":
-        connect_args = {
+        connect_args: dict[str, Any] = {
             "connect_timeout": CONNECT_TIMEOUT_S,
             "keepalives": 1,
             "keepalives_idle": 10,
             "keepalives_interval": 3,
             "keepalives_count": 3,
-            "options": f"-c statement_timeout={STATEMENT_TIMEOUT_S * 1000}",
         }
+        if statement_timeout_s is not None:
+            connect_args["options"] = f"-c statement_timeout={int(statement_timeout_s * 1000)}"
         return create_engine(url, pool_pre_ping=True, connect_args=connect_args, **options)
 
     if url.database and url.database != ":memory:" and not url.database.startswith("file:"):

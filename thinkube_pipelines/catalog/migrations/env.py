@@ -50,7 +50,7 @@ def _record_applied(*, step: MigrationInfo, **_: Any) -> None:
 
 
 def run_migrations_online() -> None:
-    engine = connect(_database_url(), poolclass=pool.NullPool)
+    engine = connect(_database_url(), poolclass=pool.NullPool, statement_timeout_s=None)
     try:
         with engine.connect() as connection, migration_lock(connection):
             context.configure(
