@@ -8,4 +8,5 @@ pytest_plugins = [
     "tests.fixtures.buildah",
     "tests.fixtures.registry",
     "tests.fixtures.docker",
+    "tests.fixtures.kubernetes",
 ]
