@@ -9,4 +9,5 @@ pytest_plugins = [
     "tests.fixtures.registry",
     "tests.fixtures.docker",
     "tests.fixtures.kubernetes",
+    "tests.fixtures.tools",
 ]
