@@ -16,6 +16,12 @@ REGISTRY_USER := thinkube
 BASE_MIRROR := 127.0.0.1:$(REGISTRY_PORT)/library/thinkube-base:bookworm
 DEMO_IMAGE ?= jupyter-base
 DAGSTER_PORT ?= 3000
+# helm and kubectl, pinned in tools.lock (version and sha256 of the wheel that carries them and of each
+# binary), installed here by `make setup`; the tests run them from here, never from PATH.
+TOOLS_LOCK := tools.lock
+TOOLS_BIN := $(STATE)/bin
+TOOLS_CACHE := $(STATE)/cache/tools
+TOOLS := $(TOOLS_BIN)/helm $(TOOLS_BIN)/kubectl
 # What the pipeline reads on this machine; secrets are read from files under .state/ into the environment,
 # never onto a command line (where the process list would show them).
 PIPELINE_ENV = DAGSTER_HOME=$(CURDIR)/.dagster \
@@ -28,7 +34,7 @@ PIPELINE_ENV = DAGSTER_HOME=$(CURDIR)/.dagster \
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/:/'
 
-setup: $(STATE)/system.stamp $(STATE)/python.stamp $(STATE)/npm.stamp  ## install everything (apt, pip, npm)
+setup: $(STATE)/system.stamp $(STATE)/python.stamp $(STATE)/npm.stamp $(TOOLS)  ## install everything (apt, pip, npm, helm, kubectl)
 
 $(STATE)/system.stamp: system-packages.txt
 	@mkdir -p $(STATE)
@@ -55,6 +61,49 @@ $(STATE)/npm.stamp: package.json package-lock.json
 	@mkdir -p $(STATE)
 	npm ci --no-audit --no-fund --loglevel=error
 	@touch $@
+
+tools: $(TOOLS)  ## install helm and kubectl (pinned in tools.lock) into .state/bin/
+
+# Both binaries come from one recipe (a grouped target); they are their own stamp. It downloads nothing when
+# the installed binaries already have tools.lock's sha256, and keeps the verified wheel in .state/cache/tools/.
+# pip downloads the wheel (`download --no-deps`, the exact version, through the configured index); its
+# sha256, then each binary's, must be tools.lock's or nothing is installed.
+$(TOOLS) &: $(TOOLS_LOCK) | $(STATE)/python.stamp
+	@[ "$$(uname -sm)" = "Linux x86_64" ] || { echo "$(TOOLS_LOCK) pins linux/amd64 builds of helm and kubectl; this machine is $$(uname -sm)"; exit 1; }
+	@mkdir -p $(TOOLS_BIN) $(TOOLS_CACHE)
+	@if awk '!/^#/ && NF == 4 && $$4 != "pypi" { print $$3 "  $(TOOLS_BIN)/" $$1 }' $(TOOLS_LOCK) \
+	        | sha256sum --quiet --status -c - 2>/dev/null; then \
+	    echo "$(TOOLS_BIN): helm and kubectl already match $(TOOLS_LOCK)"; \
+	else \
+	    read -r dist version wheel_sha256 _ < <(awk '!/^#/ && NF == 4 && $$4 == "pypi"' $(TOOLS_LOCK)); \
+	    wheel=$(TOOLS_CACHE)/$${dist//-/_}-$$version-py3-none-any.whl; \
+	    if ! echo "$$wheel_sha256  $$wheel" | sha256sum --quiet --status -c - 2>/dev/null; then \
+	        rm -f "$$wheel"; \
+	        echo "downloading $$dist==$$version (carries helm and kubectl)"; \
+	        $(BIN)/python -m pip download -q --no-deps --only-binary=:all: -d $(TOOLS_CACHE) "$$dist==$$version"; \
+	        echo "$$wheel_sha256  $$wheel" | sha256sum --quiet --status -c - || { \
+	            echo "$$wheel: sha256 $$(sha256sum < "$$wheel" | cut -d' ' -f1) is not $(TOOLS_LOCK)'s $$wheel_sha256: refused"; \
+	            rm -f "$$wheel"; exit 1; }; \
+	    fi; \
+	    tmp=$$(mktemp -d $(STATE)/tools.XXXXXX); trap 'rm -rf "$$tmp"' EXIT; \
+	    $(BIN)/python -m zipfile -e "$$wheel" "$$tmp/wheel"; \
+	    tar -xzf "$$tmp"/wheel/aws_cdk/*/_jsii/*.jsii.tgz -C "$$tmp" package/lib/layer.zip; \
+	    $(BIN)/python -m zipfile -e "$$tmp/package/lib/layer.zip" "$$tmp/layer"; \
+	    binaries=$$(awk '!/^#/ && NF == 4 && $$4 != "pypi"' $(TOOLS_LOCK)); \
+	    while read -r tool tool_version tool_sha256 from; do \
+	        [ "$${from%%:*}" = "$$dist" ] || { echo "$(TOOLS_LOCK): $$tool comes from $${from%%:*}, not $$dist"; exit 1; }; \
+	        file="$$tmp/layer/$${from#*:}"; \
+	        echo "$$tool_sha256  $$file" | sha256sum --quiet --status -c - || { \
+	            echo "$$tool in $$dist==$$version: sha256 $$(sha256sum < "$$file" | cut -d' ' -f1) is not $(TOOLS_LOCK)'s $$tool_sha256: refused"; \
+	            exit 1; }; \
+	    done <<< "$$binaries"; \
+	    while read -r tool tool_version tool_sha256 from; do \
+	        install -m 0755 "$$tmp/layer/$${from#*:}" "$(TOOLS_BIN)/$$tool.new"; \
+	        mv -f "$(TOOLS_BIN)/$$tool.new" "$(TOOLS_BIN)/$$tool"; \
+	        echo "installed $(TOOLS_BIN)/$$tool $$tool_version (sha256 $$tool_sha256)"; \
+	    done <<< "$$binaries"; \
+	fi
+	@touch $(TOOLS)
 
 lint: setup  ## ruff: lint and format check
 	$(BIN)/ruff check .
@@ -139,4 +188,4 @@ clean:  ## remove the virtualenv, node_modules and local state (images, registry
 	@$(MAKE) --no-print-directory services-down
 	rm -rf $(VENV) node_modules $(STATE) .dagster
 
-.PHONY: help setup lint test demo dev base bench services services-down registry-up registry-down catalog-up catalog-down clean
+.PHONY: help setup tools lint test demo dev base bench services services-down registry-up registry-down catalog-up catalog-down clean
