@@ -9,6 +9,7 @@ without it fails when it starts, before any build, naming the variable.
 from __future__ import annotations
 
 import os
+import re
 from typing import TYPE_CHECKING, Any
 
 import dagster as dg
@@ -16,20 +17,86 @@ from pydantic import Field
 
 from thinkube_pipelines import settings as s
 from thinkube_pipelines.builders.base import DEFAULT_PLATFORM
+from thinkube_pipelines.kubernetes.cluster import KUBECONFIG_ENV, KubernetesCluster, KubernetesError
 from thinkube_pipelines.registry.resource import PASSWORD_ENV, USERNAME_ENV, Registry
 
 if TYPE_CHECKING:
     from thinkube_pipelines.catalog.client import CatalogClient
 
+REGISTRATION_ENV = "THINKUBE_REGISTRATION"
+THINKUBE_CONTROL_NAMESPACE_ENV = "THINKUBE_CONTROL_NAMESPACE"
+CATALOG_TARGET = "catalog"
+THINKUBE_CONTROL_TARGET = "thinkube-control"
+REGISTRATIONS: dict[str, tuple[str, ...]] = {
+    CATALOG_TARGET: (CATALOG_TARGET,),
+    THINKUBE_CONTROL_TARGET: (THINKUBE_CONTROL_TARGET,),
+    "both": (CATALOG_TARGET, THINKUBE_CONTROL_TARGET),
+}
+"""The values of THINKUBE_REGISTRATION and the targets each one writes, in the order they are written."""
+DEFAULT_REGISTRATION = CATALOG_TARGET
+DEFAULT_THINKUBE_CONTROL_NAMESPACE = "thinkube-control"
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+
+
+def registration_targets(value: str | None) -> tuple[str, ...]:
+    """The targets a THINKUBE_REGISTRATION value names; a ValueError naming the variable otherwise."""
+    if value not in REGISTRATIONS:
+        raise ValueError(
+            f"{REGISTRATION_ENV}={value!r}: unknown registration target; expected one of "
+            f"{', '.join(repr(v) for v in REGISTRATIONS)}"
+        )
+    return REGISTRATIONS[value]
+
 
 class CatalogResource(dg.ConfigurableResource):
-    """The image catalog (thinkube-control's image API) that `catalog_entry` writes to."""
+    """Where `catalog_entry` registers each image: this project's catalog service (the image API the hub
+    reads) and/or thinkube-control's image discovery (a labelled ConfigMap per image, written through the
+    Kubernetes API), as `registration` says."""
 
     url: str = Field(s.DEFAULT_CATALOG_URL, description="Base URL of the catalog service.")
     token: str | None = Field(
         None, description="Bearer token allowed to write (the service token or a Keycloak access token)."
     )
     timeout_s: float = Field(10.0, description="Seconds to wait for the catalog before failing.")
+    registration: str = Field(
+        DEFAULT_REGISTRATION,
+        description=f"Where images are registered (${REGISTRATION_ENV}): 'catalog' (the catalog service), "
+        "'thinkube-control' (the ConfigMap its image discovery reads) or 'both'.",
+    )
+    thinkube_control: KubernetesCluster | None = Field(
+        None,
+        description="The cluster thinkube-control runs in, and the namespace (its `namespace`, "
+        f"${THINKUBE_CONTROL_NAMESPACE_ENV}) that holds our image ConfigMaps. Required when "
+        "`registration` includes thinkube-control.",
+    )
+
+    def targets(self) -> tuple[str, ...]:
+        """The targets to write, checked: a ValueError naming the setting that is wrong or missing."""
+        targets = registration_targets(self.registration)
+        if THINKUBE_CONTROL_TARGET in targets:
+            if self.thinkube_control is None:
+                raise ValueError(
+                    f"{REGISTRATION_ENV}={self.registration!r} needs the thinkube-control cluster "
+                    "(the resource's `thinkube_control`), which is not configured"
+                )
+            namespace = self.thinkube_control.namespace
+            if namespace is not None and not _DNS_LABEL.match(namespace):
+                raise ValueError(
+                    f"{THINKUBE_CONTROL_NAMESPACE_ENV}={namespace!r}: not a namespace name (a DNS label: "
+                    "lowercase letters, digits and '-', at most 63)"
+                )
+        return targets
+
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        """Check the settings when a run starts, before any step: the targets, and for thinkube-control
+        that a Kubernetes configuration exists (read locally: nothing is sent to the cluster yet)."""
+        targets = self.targets()
+        if THINKUBE_CONTROL_TARGET in targets:
+            assert self.thinkube_control is not None
+            try:
+                self.thinkube_control.configuration()
+            except KubernetesError as exc:
+                raise ValueError(f"{REGISTRATION_ENV}={self.registration!r}: {exc}") from exc
 
     def client(self) -> CatalogClient:
         from thinkube_pipelines.catalog.client import CatalogClient  # brings requests, httpx: not at load
@@ -98,6 +165,27 @@ def _builder_and_runner(default_storage: str) -> dict[str, Any]:
     raise ValueError(f"{s.BUILDER_ENV}={kind!r}: unknown builder; expected 'buildah' or 'docker'")
 
 
+def _catalog(url: Any) -> CatalogResource:
+    """Where `catalog_entry` registers images, as THINKUBE_REGISTRATION says (checked here, so a wrong
+    value stops the code location from loading, naming the variable). The catalog's URL and token are
+    required only when the catalog is a target; the thinkube-control cluster comes from $KUBECONFIG, else
+    ~/.kube/config, else the pod's ServiceAccount (the official client's own order)."""
+    registration = s.setting(REGISTRATION_ENV, DEFAULT_REGISTRATION)
+    targets = registration_targets(registration)
+    catalog = CATALOG_TARGET in targets
+    return CatalogResource(
+        url=url if catalog else env_setting(s.CATALOG_URL_ENV, s.DEFAULT_CATALOG_URL),
+        token=dg.EnvVar(s.CATALOG_TOKEN_ENV) if catalog else None,
+        registration=env_setting(REGISTRATION_ENV, DEFAULT_REGISTRATION),
+        thinkube_control=KubernetesCluster(
+            kubeconfig=env_setting(KUBECONFIG_ENV, None),
+            namespace=env_setting(THINKUBE_CONTROL_NAMESPACE_ENV, DEFAULT_THINKUBE_CONTROL_NAMESPACE),
+        )
+        if THINKUBE_CONTROL_TARGET in targets
+        else None,
+    )
+
+
 def _build_settings() -> BuildSettings:
     return BuildSettings(
         base_mirror=env_setting(s.BASE_MIRROR_ENV, None),
@@ -113,16 +201,16 @@ def local_resources() -> dict[str, Any]:
             url=env_setting(s.REGISTRY_URL_ENV, s.DEFAULT_REGISTRY_URL),
             flavor=env_setting(s.REGISTRY_FLAVOR_ENV, "distribution"),
         ),
-        "catalog": CatalogResource(
-            url=env_setting(s.CATALOG_URL_ENV, s.DEFAULT_CATALOG_URL), token=dg.EnvVar(s.CATALOG_TOKEN_ENV)
-        ),
+        "catalog": _catalog(env_setting(s.CATALOG_URL_ENV, s.DEFAULT_CATALOG_URL)),
         "build_settings": _build_settings(),
     }
 
 
 def cluster_resources() -> dict[str, Any]:
     """The cluster: Harbor over HTTPS with the platform's CA and a robot account, the catalog service with
-    its token. Registry and catalog URLs have no default here: each must be configured.
+    its token and/or thinkube-control's discovery ConfigMaps (THINKUBE_REGISTRATION; in a pod the
+    Kubernetes API is reached with the pod's ServiceAccount). Registry and catalog URLs have no default
+    here: each must be configured (the catalog's only when it is a target).
 
     Until the Kubernetes BuildKit builder and runner arrive, builds run in the run's own pod with the
     builder THINKUBE_BUILDER names (buildah needs a privileged pod; the Docker engine a reachable daemon).
@@ -132,7 +220,7 @@ def cluster_resources() -> dict[str, Any]:
         "registry": _registry(
             url=dg.EnvVar(s.REGISTRY_URL_ENV), flavor=env_setting(s.REGISTRY_FLAVOR_ENV, "harbor")
         ),
-        "catalog": CatalogResource(url=dg.EnvVar(s.CATALOG_URL_ENV), token=dg.EnvVar(s.CATALOG_TOKEN_ENV)),
+        "catalog": _catalog(dg.EnvVar(s.CATALOG_URL_ENV)),
         "build_settings": _build_settings(),
     }
 

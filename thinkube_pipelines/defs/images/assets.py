@@ -41,9 +41,17 @@ from thinkube_pipelines.defs.images.keys import (
     smoke_check_key,
 )
 from thinkube_pipelines.defs.images.records import BuiltImage, ImageSource, PublishedImage, log_block
-from thinkube_pipelines.defs.resources import BuildSettings, CatalogResource
+from thinkube_pipelines.defs.images.thinkube_control import PublishedFacts, manifest_configmap
+from thinkube_pipelines.defs.resources import (
+    CATALOG_TARGET,
+    THINKUBE_CONTROL_NAMESPACE_ENV,
+    THINKUBE_CONTROL_TARGET,
+    BuildSettings,
+    CatalogResource,
+)
 from thinkube_pipelines.images import ImageDefinition, ImageSet
 from thinkube_pipelines.images.source import source_hash, source_hashes
+from thinkube_pipelines.kubernetes.cluster import KUBECONFIG_ENV, KubernetesCluster, KubernetesError
 from thinkube_pipelines.registry.resource import Registry
 
 if TYPE_CHECKING:
@@ -253,28 +261,70 @@ def image_chain(images: ImageSet, definition: ImageDefinition, code_version: str
 
     def catalog_entry(context: dg.AssetExecutionContext, catalog: CatalogResource) -> dg.MaterializeResult:
         published = PublishedImage.recorded(context.instance, published_key)
-        wanted = catalog_upsert(
-            definition,
+        targets = catalog.targets()
+        metadata: dict[str, object] = {
+            "digest": published.digest,
+            "tag": published.version_tag,
+            "registration": dg.MetadataValue.json(list(targets)),
+        }
+        changes = []
+        if CATALOG_TARGET in targets:
+            wanted = catalog_upsert(
+                definition,
+                registry=published.registry,
+                repository=published.repository,
+                tag=published.version_tag,
+                digest=published.digest,
+                image_size=published.size,
+                last_built=published.created,
+            )
+            client = catalog.client()
+            _, change = client.ensure(wanted)
+            context.log.info(f"{name}: catalog item {change}")
+            metadata["catalog_item"] = dg.MetadataValue.url(client.item_url(name))
+            metadata["catalog_change"] = change
+            changes.append(change)
+        if THINKUBE_CONTROL_TARGET in targets:
+            assert catalog.thinkube_control is not None  # targets() checked it
+            change, where = register_in_thinkube_control(catalog.thinkube_control, published)
+            context.log.info(f"{name}: thinkube-control ConfigMap {where} {change}")
+            metadata["thinkube_control_configmap"] = where
+            metadata["thinkube_control_change"] = change
+            changes.append(change)
+        # One word for the step: the targets' own when they agree, else "updated" (something was written).
+        metadata["change"] = changes[0] if len(set(changes)) == 1 else "updated"
+        return dg.MaterializeResult(
+            asset_key=entry_key, metadata=metadata, data_version=dg.DataVersion(published.digest)
+        )
+
+    def register_in_thinkube_control(
+        cluster: KubernetesCluster, published: PublishedImage
+    ) -> tuple[str, str]:
+        """Write this image's discovery ConfigMap unless it already says the same: (change, where)."""
+        moving = [tag for tag in published.tags if tag != published.version_tag]
+        project, _, image = published.repository.rpartition("/")
+        facts = PublishedFacts(
             registry=published.registry,
             repository=published.repository,
-            tag=published.version_tag,
+            harbor_project=project if project and image == name else published.repository.split("/")[0],
             digest=published.digest,
-            image_size=published.size,
-            last_built=published.created,
+            version_tag=published.version_tag,
+            listed_tag=moving[0] if moving else published.version_tag,
+            size=published.size,
+            built_at=published.created,
         )
-        client = catalog.client()
-        _, change = client.ensure(wanted)
-        context.log.info(f"{name}: catalog item {change}")
-        return dg.MaterializeResult(
-            asset_key=entry_key,
-            metadata={
-                "catalog_item": dg.MetadataValue.url(client.item_url(name)),
-                "digest": published.digest,
-                "tag": published.version_tag,
-                "change": change,
-            },
-            data_version=dg.DataVersion(published.digest),
-        )
+        namespace = cluster.default_namespace()
+        configmap = manifest_configmap(definition, facts, namespace=namespace)
+        where = f"{namespace}/{configmap.metadata.name}"
+        try:
+            return cluster.ensure_config_map(configmap.to_dict()), where
+        except KubernetesError as exc:
+            raise dg.Failure(
+                description=f"{name}: registration in thinkube-control failed: {exc} (the namespace comes "
+                f"from ${THINKUBE_CONTROL_NAMESPACE_ENV}; the cluster from ${KUBECONFIG_ENV}, else "
+                "~/.kube/config, else the pod's ServiceAccount)",
+                metadata={"configmap": where, "cluster": cluster.describe()},
+            ) from exc
 
     specs = [
         dg.AssetSpec(
@@ -306,7 +356,8 @@ def image_chain(images: ImageSet, definition: ImageDefinition, code_version: str
             deps=[published_key],
             kinds={"api"},
             description=f"{spec.display_name}: its item in the image catalog, which the hub reads at "
-            "spawn time.",
+            "spawn time, and/or its ConfigMap for thinkube-control's image discovery "
+            "(THINKUBE_REGISTRATION).",
             **common,
         ),
     ]
