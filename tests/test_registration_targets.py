@@ -470,3 +470,33 @@ def test_thinkube_control_own_discovery_lists_them_from_the_cluster(env, images,
     table = discovery.Table()
     table.sync(discovery.discover(items))
     assert control.jupyter_list() == discovery.jupyter_list(table)
+
+
+def test_in_a_pod_the_service_account_is_used(monkeypatch, tmp_path):
+    """No kubeconfig anywhere, KUBERNETES_SERVICE_HOST set: the pod's ServiceAccount (token, CA, and its
+    namespace as the default), as the official client loads it; the token is never in a description."""
+    from kubernetes.config import incluster_config
+
+    account = tmp_path / "serviceaccount"
+    account.mkdir()
+    (account / "token").write_text("pod-service-account-token")
+    (account / "ca.crt").write_text("-----BEGIN CERTIFICATE-----\nplatform\n-----END CERTIFICATE-----\n")
+    (account / "namespace").write_text("thinkube-pipelines\n")
+    monkeypatch.setattr(incluster_config, "SERVICE_TOKEN_FILENAME", str(account / "token"))
+    monkeypatch.setattr(incluster_config, "SERVICE_CERT_FILENAME", str(account / "ca.crt"))
+    monkeypatch.setattr(cluster_module, "SERVICE_ACCOUNT_DIR", account)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.delenv("KUBECONFIG", raising=False)
+    monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "10.96.0.1")
+    monkeypatch.setenv("KUBERNETES_SERVICE_PORT", "443")
+
+    cluster = KubernetesCluster()
+    configuration = cluster.configuration()
+
+    assert configuration.host == "https://10.96.0.1:443"
+    assert configuration.ssl_ca_cert == str(account / "ca.crt")
+    assert configuration.api_key["BearerToken"] == "bearer pod-service-account-token"
+    assert cluster.describe() == "the in-cluster API (https://10.96.0.1:443)"
+    assert cluster.default_namespace() == "thinkube-pipelines"
+    assert KubernetesCluster(namespace="thinkube-control").default_namespace() == "thinkube-control"
+    assert "pod-service-account-token" not in repr(cluster) + cluster.describe()
