@@ -111,12 +111,15 @@ class KubernetesCluster(dg.ConfigurableResource):
             current = next((c for c in contexts if c.get("name") == self.context), None) or {}
         return current or {}
 
-    def describe(self) -> str:
-        """The cluster as messages name it: `cluster "<name>" (<server>)`, or `in-cluster (<server>)`."""
-        try:
-            server = self.configuration().host
-        except KubernetesError:
-            server = "unconfigured"
+    def describe(self, configuration: Configuration | None = None) -> str:
+        """The cluster as messages name it: `cluster "<name>" (<server>)`, or `the in-cluster API
+        (<server>)`; `configuration` saves loading it again (a kubeconfig may run an exec plugin)."""
+        if configuration is None:
+            try:
+                configuration = self.configuration()
+            except KubernetesError:
+                configuration = None
+        server = configuration.host if configuration is not None else "unconfigured"
         if self._kubeconfig_path() is None:
             return f"the in-cluster API ({server})"
         try:
@@ -148,8 +151,13 @@ class KubernetesCluster(dg.ConfigurableResource):
     def ensure_config_map(self, body: Mapping[str, Any]) -> Change:
         """Make the cluster hold the ConfigMap `body` (apiVersion, kind, metadata with name, namespace,
         labels, annotations, and data). See `ensure_config_map` below."""
-        with self.api_client() as api:
-            return ensure_config_map(api, body, cluster=self.describe(), timeout_s=self.timeout_s)
+        from kubernetes import client
+
+        configuration = self.configuration()
+        with client.ApiClient(configuration) as api:
+            return ensure_config_map(
+                api, body, cluster=self.describe(configuration), timeout_s=self.timeout_s
+            )
 
 
 def ensure_config_map(
