@@ -396,7 +396,8 @@ test -w "$DAGSTER_HOME"
 test ! -w /opt/venv
 test ! -e /opt/thinkube-pipelines/tests && test ! -e /opt/thinkube-pipelines/.state
 test -f "$THINKUBE_IMAGES_DIR/jupyter-base/image.yaml"
-command -v tini thinkube-catalog thinkube-pipelines dagster
+for command in tini thinkube-catalog thinkube-pipelines dagster; do command -v $command; done
+thinkube-catalog serve --help > /dev/null
 python -c 'import dagster_k8s, dagster_postgres, fastapi, thinkube_pipelines.catalog.api'
 python - <<'PY'
 from thinkube_pipelines.definitions import defs
@@ -414,7 +415,10 @@ dagster api grpc-health-check -p {port}
 kill $server
 """
     ran = buildah_runner.run(RunRequest(image=image, argv=["sh", "-c", script], registry=access))
+    print(f"built {image} in {result.duration_s:.0f} s; in it:\n{ran.output}")
     assert ran.returncode == 0, ran.output
     assert "user 10001:10001 home=/opt/dagster/dagster_home" in ran.output
     assert "grpc healthy" in ran.output
+    for command in ("/usr/bin/tini", "/opt/venv/bin/thinkube-catalog", "/opt/venv/bin/dagster"):
+        assert command in ran.output.splitlines()
     assert re.search(r"assets [1-9]\d*", ran.output), ran.output
