@@ -1,18 +1,26 @@
 """The HTTP face of the simulator: the real API's URL layout, verbs, query parameters and answers.
 
-Served: discovery (`/api`, `/api/v1`, `/apis`, `/apis/<group>`, `/apis/<group>/<version>`, `/version`,
+Served: the control endpoints `/_sim/...` (control.py: faults, scripts, hooks, node loss, evictions),
+discovery (`/api`, `/api/v1`, `/apis`, `/apis/<group>`, `/apis/<group>/<version>`, `/version`,
 `/healthz`, `/readyz`, `/livez`); for every resource in `resources.RESOURCES`: create (POST, 201), get,
 list (labelSelector, fieldSelector, limit/continue), replace (PUT), patch (merge, JSON patch; strategic merge
 applied as merge patch), delete (DELETE, with preconditions), and watch (`?watch=true`: one JSON event per
 line, ADDED/MODIFIED/DELETED/BOOKMARK/ERROR, from a resourceVersion, with `timeoutSeconds` and
-`allowWatchBookmarks`), plus `<resource>/status` (get, update, patch). `dryRun=All` is honoured.
+`allowWatchBookmarks`), plus `<resource>/status` (get, update, patch), `pods/log` (container, follow,
+tailLines, timestamps, sinceSeconds, limitBytes, previous: served as text/plain from the kubelet stand-in's
+record, with the kubelet's errors for containers that have not started) and `pods/eviction` (the Eviction
+API: 429 when a PodDisruptionBudget allows no disruption, else condition DisruptionTarget reason
+EvictionByEvictionAPI and a graceful delete). DELETE honours DeleteOptions (body or query):
+propagationPolicy (default Background, but Orphan for batch/v1 Jobs with the real API's warning),
+orphanDependents, gracePeriodSeconds, preconditions. `dryRun=All` is honoured. Faults injected through
+`/_sim/faults` (faults.py) apply before a request is served.
 
 Status codes and Status bodies follow https://kubernetes.io/docs/reference/using-api/api-concepts/ (see
 `errors.py`).
 
 Not implemented yet: OpenAPI documents (`/openapi/v2`, `/openapi/v3`: helm and kubectl fetch them),
 server-side apply (`application/apply-patch+yaml`, managedFields), the real strategic merge, deletecollection,
-pods/log, pods/binding, pods/eviction, scale subresources, table output (`Accept: ...;as=Table`), protobuf,
+pods/binding, pods/exec, scale subresources, table output (`Accept: ...;as=Table`), protobuf,
 authentication/authorization (any client is admitted), finalizers and graceful deletion, garbage collection,
 `sendInitialEvents` watches, resourceVersionMatch.
 """
@@ -21,8 +29,10 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import time
+from datetime import UTC, datetime
 from typing import Any
 
 from starlette.applications import Starlette
@@ -30,12 +40,19 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from tests.k8s_sim import errors, resources
+from tests.k8s_sim import control, errors, resources
+from tests.k8s_sim.faults import Faults
 from tests.k8s_sim.patch import json_patch, merge_patch
 from tests.k8s_sim.resources import Resource
+from tests.k8s_sim.runtime import Runtime, set_condition
 from tests.k8s_sim.selectors import field_selector, label_selector
 from tests.k8s_sim.store import Event, Store
 from tests.k8s_sim.validation import FIELD_VALIDATION
+
+JOB_DELETE_WARNING = (
+    "child pods are preserved by default when jobs are deleted; set propagationPolicy=Background to remove "
+    "them or set propagationPolicy=Orphan to suppress this warning"
+)
 
 
 def _json(body: Any, code: int = 200, warnings: list[str] | None = None) -> JSONResponse:
@@ -51,18 +68,63 @@ def _error(error: errors.ApiError) -> JSONResponse:
 
 
 class Simulator:
-    def __init__(self, store: Store | None = None, bookmark_interval_s: float = 60.0) -> None:
+    def __init__(
+        self, store: Store | None = None, bookmark_interval_s: float = 60.0, runtime: Runtime | None = None
+    ) -> None:
         self.store = store or Store()
         self.bookmark_interval_s = bookmark_interval_s
+        self.runtime = runtime
+        self.faults = Faults()
         self.app = Starlette(
-            routes=[Route("/{path:path}", self.handle, methods=["GET", "POST", "PUT", "PATCH", "DELETE"])]
+            routes=[Route("/{path:path}", self.handle, methods=["GET", "POST", "PUT", "PATCH", "DELETE"])],
+            lifespan=self._lifespan,
         )
+
+    @contextlib.asynccontextmanager
+    async def _lifespan(self, app: Starlette):
+        if self.runtime is not None:
+            self.runtime.start()
+        try:
+            yield
+        finally:
+            if self.runtime is not None:
+                await self.runtime.stop()
 
     async def handle(self, request: Request) -> Response:
         try:
+            path = request.url.path
+            if path == "/_sim" or path.startswith("/_sim/"):
+                return await control.handle(self, request)
+            if path not in ("/healthz", "/readyz", "/livez"):
+                rule = self.faults.match(path, request.method, self._verb(request))
+                if rule is not None:
+                    if rule.delay_s:
+                        await asyncio.sleep(rule.delay_s)
+                    error = rule.error()
+                    if error is not None:
+                        raise error
             return await self._handle(request)
         except errors.ApiError as error:
             return _error(error)
+
+    def _verb(self, request: Request) -> str:
+        """The Kubernetes verb of a request (for fault rules)."""
+        method = request.method
+        if method != "GET":
+            return {"POST": "create", "PUT": "update", "PATCH": "patch", "DELETE": "delete"}.get(method, "")
+        if _bool(request.query_params.get("watch")):
+            return "watch"
+        parts = [p for p in request.url.path.split("/") if p]
+        try:
+            if parts[:2] == ["api", "v1"]:
+                _, _, name, _ = self._route("", "v1", parts[2:])
+            elif len(parts) >= 4 and parts[0] == "apis":
+                _, _, name, _ = self._route(parts[1], parts[2], parts[3:])
+            else:
+                return "get"
+        except (errors.ApiError, IndexError):
+            return "get"
+        return "get" if name else "list"
 
     async def _handle(self, request: Request) -> Response:
         parts = [p for p in request.url.path.split("/") if p]
@@ -109,7 +171,9 @@ class Simulator:
             raise errors.page_not_found()
         name = rest[1] if len(rest) > 1 else ""
         sub = rest[2] if len(rest) > 2 else ""
-        if sub and not (sub == "status" and resource.status):
+        if sub and not (
+            (sub == "status" and resource.status) or (resource.kind == "Pod" and sub in ("log", "eviction"))
+        ):
             raise errors.page_not_found()
         if namespace is None and resource.namespaced and name:
             raise errors.page_not_found()
@@ -135,6 +199,12 @@ class Simulator:
                 f"fieldValidation parameter unsupported: {validation}. Must be one of Ignore, Warn, Strict"
             )
         ns = namespace or ""
+        if sub == "log" and method == "GET":
+            return await self._log(request, ns, name)
+        if sub == "eviction" and method == "POST":
+            return self._evict(ns, name, await self._body(request))
+        if sub in ("log", "eviction"):
+            raise errors.method_not_allowed(method, f"{resource.plural}/{sub}")
         if not name:
             if method == "GET":
                 if _bool(query.get("watch")):
@@ -180,27 +250,198 @@ class Simulator:
             obj, warnings = store.replace(resource, ns, name, patched, validation, sub, dry_run)
             return _json(obj, 200, warnings)
         if method == "DELETE":
-            options = await self._body(request) or {}
-            preconditions = options.get("preconditions") or {} if isinstance(options, dict) else {}
-            gone = store.delete(
-                resource, ns, name, preconditions.get("resourceVersion"), preconditions.get("uid"), dry_run
-            )
-            if resource.return_deleted:
-                return _json(gone)
-            details: dict[str, Any] = {"name": name}
-            if resource.group:
-                details["group"] = resource.group
-            details.update(kind=resource.plural, uid=gone["metadata"]["uid"])
-            return _json(
-                {
-                    "kind": "Status",
-                    "apiVersion": "v1",
-                    "metadata": {},
-                    "status": "Success",
-                    "details": details,
-                }
-            )
+            return self._delete(request, resource, ns, name, await self._body(request) or {}, dry_run)
         raise errors.method_not_allowed(method, resource.qualified)
+
+    def _delete(
+        self, request: Request, resource: Resource, ns: str, name: str, options: Any, dry_run: bool
+    ) -> Response:
+        query = request.query_params
+        options = options if isinstance(options, dict) else {}
+        preconditions = options.get("preconditions") or {}
+        propagation = options.get("propagationPolicy") or query.get("propagationPolicy")
+        orphan = options.get("orphanDependents")
+        if orphan is None and query.get("orphanDependents") is not None:
+            orphan = _bool(query.get("orphanDependents"))
+        if propagation is not None and propagation not in ("Foreground", "Background", "Orphan"):
+            raise errors.invalid(
+                "DeleteOptions",
+                "",
+                "",
+                [
+                    errors.cause(
+                        "FieldValueNotSupported",
+                        "propagationPolicy",
+                        f'Unsupported value: "{propagation}": supported values: "Foreground", '
+                        '"Background", "Orphan"',
+                    )
+                ],
+            )
+        warnings = []
+        if propagation is None and orphan is not None:
+            propagation = "Orphan" if orphan else "Background"
+        if propagation is None:
+            # The registries' DefaultGarbageCollectionPolicy: batch/v1 Jobs orphan their pods.
+            if resource.kind == "Job":
+                propagation = "Orphan"
+                warnings.append(JOB_DELETE_WARNING)
+            else:
+                propagation = "Background"
+        grace = options.get("gracePeriodSeconds")
+        if grace is None and query.get("gracePeriodSeconds") is not None:
+            grace = int(query["gracePeriodSeconds"])
+        obj, deleted = self.store.delete(
+            resource,
+            ns,
+            name,
+            preconditions.get("resourceVersion"),
+            preconditions.get("uid"),
+            dry_run,
+            propagation=propagation if propagation != "Background" else None,
+            grace_seconds=grace,
+        )
+        if self.runtime is not None:
+            self.runtime.kick()
+        if not deleted:
+            return _json(obj, 202 if orphan is False else 200, warnings)
+        if resource.return_deleted:
+            return _json(obj, 200, warnings)
+        details: dict[str, Any] = {"name": name}
+        if resource.group:
+            details["group"] = resource.group
+        details.update(kind=resource.plural, uid=obj["metadata"]["uid"])
+        return _json(
+            {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "details": details},
+            200,
+            warnings,
+        )
+
+    # -- pods/log and pods/eviction ---------------------------------------------------------------------
+
+    async def _log(self, request: Request, ns: str, name: str) -> Response:
+        from tests.k8s_sim.runtime import PODS
+
+        query = request.query_params
+        pod = self.store.get(PODS, ns, name)
+        spec = pod.get("spec") or {}
+        container = query.get("container") or ""
+        names = [c["name"] for c in spec.get("containers") or []]
+        init_names = [c["name"] for c in spec.get("initContainers") or []]
+        if not container:
+            if len(names) == 1:
+                container = names[0]
+            else:
+                message = (
+                    f"a container name must be specified for pod {name}, choose one of: [{' '.join(names)}]"
+                )
+                if init_names:
+                    message += f" or one of the init containers: [{' '.join(init_names)}]"
+                raise errors.bad_request(message)
+        elif container not in names and container not in init_names:
+            raise errors.bad_request(f"container {container} is not valid for pod {name}")
+        if not spec.get("nodeName") or self.runtime is None:
+            return Response(b"", media_type="text/plain")
+        previous = _bool(query.get("previous"))
+        log = self.runtime.kubelet.log(pod["metadata"]["uid"], container, previous)
+        if log is None:
+            if previous:
+                raise errors.bad_request(
+                    f'previous terminated container "{container}" in pod "{name}" not found'
+                )
+            raise errors.bad_request(_waiting_message(pod, container))
+        follow = _bool(query.get("follow"))
+        stamps = _bool(query.get("timestamps"))
+        tail = int(query["tailLines"]) if query.get("tailLines") else None
+        since = float(query["sinceSeconds"]) if query.get("sinceSeconds") else None
+        limit = int(query["limitBytes"]) if query.get("limitBytes") else None
+        lines = list(log.lines)
+        if since is not None:
+            lines = [entry for entry in lines if entry[0] >= time.time() - since]
+        if tail is not None:
+            lines = lines[-tail:] if tail > 0 else []
+
+        def render(entries) -> bytes:
+            return "".join((f"{_nano(t)} " if stamps else "") + line + "\n" for t, line in entries).encode()
+
+        if not follow:
+            body = render(lines)
+            return Response(body[:limit] if limit is not None else body, media_type="text/plain")
+        seen = len(log.lines)
+
+        async def stream():
+            nonlocal seen
+            sent = 0
+            chunk = render(lines)
+            if chunk:
+                sent += len(chunk)
+                yield chunk[:limit] if limit is not None else chunk
+            while True:
+                if limit is not None and sent >= limit:
+                    return
+                await log.wait(seen, timeout=1.0)
+                fresh = log.lines[seen:]
+                seen += len(fresh)
+                if fresh:
+                    chunk = render(fresh)
+                    if limit is not None:
+                        chunk = chunk[: max(limit - sent, 0)]
+                    sent += len(chunk)
+                    yield chunk
+                elif log.finished:
+                    return
+                if await request.is_disconnected():
+                    return
+
+        return StreamingResponse(stream(), media_type="text/plain")
+
+    def _evict(self, ns: str, name: str, body: Any) -> Response:
+        """The Eviction API (https://kubernetes.io/docs/concepts/scheduling-eviction/api-eviction/)."""
+        from tests.k8s_sim.controllers.workloads import PDBS, matches_selector
+        from tests.k8s_sim.runtime import PODS
+
+        pod = self.store.get(PODS, ns, name)
+        labels = pod["metadata"].get("labels") or {}
+        for pdb in self.store.iter(PDBS, ns):
+            budget = pdb.get("status") or {}
+            if matches_selector((pdb.get("spec") or {}).get("selector"), labels) and (
+                int(budget.get("disruptionsAllowed", 0)) <= 0
+            ):
+                raise errors.ApiError(
+                    429,
+                    "TooManyRequests",
+                    "Cannot evict pod as it would violate the pod's disruption budget.",
+                    {
+                        "causes": [
+                            {
+                                "reason": "DisruptionBudget",
+                                "message": (
+                                    f"The disruption budget {pdb['metadata']['name']} needs "
+                                    f"{budget.get('desiredHealthy', 0)} healthy pods and has "
+                                    f"{budget.get('currentHealthy', 0)} currently"
+                                ),
+                            }
+                        ]
+                    },
+                )
+        status = dict(pod.get("status") or {})
+        conditions = [dict(c) for c in status.get("conditions") or []]
+        if status.get("phase") not in ("Succeeded", "Failed"):
+            set_condition(
+                conditions,
+                "DisruptionTarget",
+                "True",
+                "EvictionByEvictionAPI",
+                "Eviction API: evicting",
+                probe="null",
+            )
+            self.store.update_status(PODS, ns, name, dict(status, conditions=conditions))
+        options = (body or {}).get("deleteOptions") or {} if isinstance(body, dict) else {}
+        self.store.delete(PODS, ns, name, grace_seconds=options.get("gracePeriodSeconds"))
+        if self.runtime is not None:
+            self.runtime.kick()
+        return _json(
+            {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}, 201
+        )
 
     # -- list -------------------------------------------------------------------------------------------
 
@@ -320,6 +561,31 @@ class Simulator:
                 store.unsubscribe(queue)
 
         return StreamingResponse(stream(), media_type="application/json")
+
+
+def _nano(seconds: float) -> str:
+    """RFC 3339 with nanoseconds, as the kubelet prefixes log lines with `timestamps=true`."""
+    moment = datetime.fromtimestamp(seconds, UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond:06d}000Z"
+
+
+def _waiting_message(pod: dict[str, Any], container: str) -> str:
+    """The kubelet's answer for the log of a container that has not started (validateContainerLogStatus)."""
+    name = pod["metadata"]["name"]
+    prefix = f'container "{container}" in pod "{name}" is waiting to start:'
+    status = pod.get("status") or {}
+    for entry in (status.get("containerStatuses") or []) + (status.get("initContainerStatuses") or []):
+        if entry.get("name") != container:
+            continue
+        waiting = (entry.get("state") or {}).get("waiting")
+        if waiting:
+            reason = waiting.get("reason", "")
+            if reason == "ErrImagePull":
+                return f"{prefix} image can't be pulled"
+            if reason == "ImagePullBackOff":
+                return f"{prefix} trying and failing to pull image"
+            return f"{prefix} {reason}"
+    return f"{prefix} ContainerCreating"
 
 
 def _bool(value: str | None) -> bool:

@@ -10,15 +10,24 @@
 - Namespaced objects need their Namespace (404 `namespaces "x" not found` otherwise). Deleting a Namespace
   deletes its content and the Namespace at once (the real namespace controller does it asynchronously,
   with phase Terminating in between; not yet).
-- Pods get `status.phase: Pending` and `status.qosClass` on create, Jobs their selector and the
-  controller-uid labels, as the real API server defaults them. Other defaulting is not done yet.
+- Defaulting on create follows the real API's defaulting functions and the admission plugins that mutate
+  objects (see `defaults.py`); Pods get `status.phase: Pending` and `status.qosClass`.
+- Deletion follows https://kubernetes.io/docs/concepts/overview/working-with-objects/finalizers/ and
+  https://kubernetes.io/docs/concepts/architecture/garbage-collection/: an object with finalizers gets a
+  deletionTimestamp and stays until its finalizers are removed (an update that empties them deletes it);
+  `propagationPolicy=Foreground` adds the `foregroundDeletion` finalizer and `Orphan` the `orphan`
+  finalizer, which the garbage collector (controllers/gc.py) processes; a Pod bound to a node is deleted
+  gracefully (https://kubernetes.io/docs/concepts/workloads/pods/pod-lifecycle/#pod-termination): it gets
+  `deletionTimestamp` = now + grace period and the kubelet stand-in removes it once its containers have
+  stopped; an unbound or finished Pod, or `gracePeriodSeconds=0`, is removed at once.
 
 The history of the last `history_size` events is kept for watches; a watch from an older resourceVersion
 gets 410 Expired, as from a compacted etcd.
 
-Controllers, a scheduler and a kubelet stand-in (next steps) should run in the server's event loop and
-use this class directly (`create`, `replace`, `update_status`, `delete`, `subscribe`), so that their
-writes get resourceVersions and reach watches exactly as a client's do.
+Controllers, the scheduler and the kubelet stand-in (runtime.py) run in the server's event loop and use
+this class directly (`create`, `replace`, `update_status`, `delete`, `subscribe`), so that their writes
+get resourceVersions and reach watches exactly as a client's do; their writes are `trusted` (not
+validated again: they derive from objects that were).
 """
 
 from __future__ import annotations
@@ -26,13 +35,14 @@ from __future__ import annotations
 import asyncio
 import copy
 import random
+import time
 import uuid
 from collections import deque
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from tests.k8s_sim import errors
+from tests.k8s_sim import defaults, errors
 from tests.k8s_sim.resources import RESOURCES, Resource, find
 from tests.k8s_sim.validation import validate
 
@@ -51,6 +61,18 @@ class Event:
 
 def now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def timestamp(seconds: float) -> str:
+    """An RFC 3339 time (seconds), as metav1.Time is written."""
+    return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_time(value: str | None) -> float | None:
+    """Seconds since the epoch of an RFC 3339 time, or None."""
+    if not value:
+        return None
+    return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
 
 
 def _qos_class(spec: dict[str, Any]) -> str:
@@ -77,6 +99,7 @@ class Store:
         self.history: deque[Event] = deque(maxlen=history_size)
         self.subscribers: set[asyncio.Queue[Event]] = set()
         self.default_field_validation = field_validation
+        self.cluster_ips = defaults.ClusterIPs()
         for name in ("default", "kube-system", "kube-public", "kube-node-lease"):
             self.create(find("", "v1", "namespaces"), "", {"metadata": {"name": name}})
 
@@ -101,6 +124,18 @@ class Store:
         ]
         found.sort(key=lambda o: (o["metadata"].get("namespace", ""), o["metadata"]["name"]))
         return [copy.deepcopy(o) for o in found]
+
+    def iter(self, resource: Resource, namespace: str | None = None):
+        """The stored objects themselves (no copies), for controllers that only read them."""
+        for (group, plural, ns, _), obj in list(self.objects.items()):
+            if (group, plural) == (resource.group, resource.plural) and (
+                namespace is None or ns == namespace
+            ):
+                yield obj
+
+    def peek(self, resource: Resource, namespace: str, name: str) -> dict[str, Any] | None:
+        """The stored object itself (no copy), or None."""
+        return self.objects.get(self.key(resource, namespace, name))
 
     def require_namespace(self, resource: Resource, namespace: str) -> None:
         if resource.namespaced and (("", "namespaces", "", namespace) not in self.objects):
@@ -153,12 +188,15 @@ class Store:
         body: Any,
         field_validation: str | None = None,
         dry_run: bool = False,
+        trusted: bool = False,
     ) -> tuple[dict[str, Any], list[str]]:
         obj = self._prepare(resource, namespace, body)
         metadata = obj["metadata"]
         if not metadata.get("name") and metadata.get("generateName"):
             metadata["name"] = metadata["generateName"] + "".join(random.choices(_GENERATE_ALPHABET, k=5))
-        warnings = validate(resource, obj, field_validation or self.default_field_validation)
+        warnings = (
+            [] if trusted else validate(resource, obj, field_validation or self.default_field_validation)
+        )
         name = metadata["name"]
         self.require_namespace(resource, namespace)
         key = self.key(resource, namespace, name)
@@ -172,7 +210,7 @@ class Store:
             metadata["generation"] = 1
         else:
             metadata.pop("generation", None)
-        if resource.status:
+        if resource.status and not trusted:
             obj.pop("status", None)
         self._default(resource, obj)
         if dry_run:
@@ -183,35 +221,47 @@ class Store:
         return copy.deepcopy(obj), warnings
 
     def _default(self, resource: Resource, obj: dict[str, Any]) -> None:
-        if resource.kind == "Namespace":
+        kind = resource.kind
+        if kind == "Namespace":
             obj.setdefault("spec", {"finalizers": ["kubernetes"]})
             obj["status"] = {"phase": "Active"}
             obj["metadata"].setdefault("labels", {})["kubernetes.io/metadata.name"] = obj["metadata"]["name"]
-        elif resource.kind == "Pod":
-            spec = obj.setdefault("spec", {})
-            spec.setdefault("restartPolicy", "Always")
-            spec.setdefault("schedulerName", "default-scheduler")
-            spec.setdefault("terminationGracePeriodSeconds", 30)
-            spec.setdefault("dnsPolicy", "ClusterFirst")
-            obj["status"] = {"phase": "Pending", "qosClass": _qos_class(spec)}
-        elif resource.kind == "Job":
-            uid = obj["metadata"]["uid"]
-            spec = obj.setdefault("spec", {})
-            labels = {
-                "batch.kubernetes.io/controller-uid": uid,
-                "batch.kubernetes.io/job-name": obj["metadata"]["name"],
-                "controller-uid": uid,
-                "job-name": obj["metadata"]["name"],
-            }
-            if not spec.get("manualSelector"):
-                spec.setdefault("selector", {"matchLabels": {"batch.kubernetes.io/controller-uid": uid}})
-                template_meta = spec.setdefault("template", {}).setdefault("metadata", {})
-                template_meta.setdefault("labels", {}).update(labels)
-            spec.setdefault("backoffLimit", 6)
-            spec.setdefault("completions", 1)
-            spec.setdefault("parallelism", 1)
-            spec.setdefault("completionMode", "NonIndexed")
-            spec.setdefault("suspend", False)
+        elif kind == "Pod":
+            defaults.pod(obj)
+            status = obj.get("status") or {}
+            status.setdefault("phase", "Pending")
+            status["qosClass"] = _qos_class(obj["spec"])
+            obj["status"] = status
+        elif kind == "Job":
+            defaults.job(obj, obj["metadata"]["uid"])
+        elif kind == "Deployment":
+            defaults.deployment(obj)
+        elif kind == "ReplicaSet":
+            defaults.replica_set(obj)
+        elif kind == "DaemonSet":
+            defaults.daemon_set(obj)
+        elif kind == "StatefulSet":
+            defaults.stateful_set(obj)
+        elif kind == "PersistentVolumeClaim":
+            defaults.persistent_volume_claim(obj, self.default_storage_class())
+        elif kind == "PersistentVolume":
+            defaults.persistent_volume(obj)
+        elif kind == "Service":
+            defaults.service(obj, self.cluster_ips)
+        elif kind == "CronJob":
+            template = ((obj.get("spec") or {}).get("jobTemplate") or {}).get("spec") or {}
+            if isinstance(template.get("template"), dict):
+                defaults.pod_spec(template["template"].setdefault("spec", {}))
+
+    def default_storage_class(self) -> str | None:
+        """The DefaultStorageClass admission plugin's choice: the class annotated as the default."""
+        classes = find("storage.k8s.io", "v1", "storageclasses")
+        assert classes is not None
+        for sc in self.iter(classes):
+            annotations = sc["metadata"].get("annotations") or {}
+            if annotations.get("storageclass.kubernetes.io/is-default-class") == "true":
+                return sc["metadata"]["name"]
+        return None
 
     def replace(
         self,
@@ -222,8 +272,12 @@ class Store:
         field_validation: str | None = None,
         subresource: str = "",
         dry_run: bool = False,
+        trusted: bool = False,
     ) -> tuple[dict[str, Any], list[str]]:
-        """PUT: the whole object (or, with subresource "status", its status only)."""
+        """PUT: the whole object (or, with subresource "status", its status only).
+
+        An update that leaves an object being deleted (deletionTimestamp set) without finalizers deletes it.
+        """
         obj = self._prepare(resource, namespace, body)
         metadata = obj["metadata"]
         if metadata.get("name") and metadata["name"] != name:
@@ -249,9 +303,17 @@ class Store:
             obj.pop("status", None)
             if "status" in current:
                 obj["status"] = copy.deepcopy(current["status"])
-        warnings = validate(resource, obj, field_validation or self.default_field_validation)
+        warnings = (
+            [] if trusted else validate(resource, obj, field_validation or self.default_field_validation)
+        )
         metadata = obj["metadata"]
-        for field in ("uid", "creationTimestamp", "deletionTimestamp", "generation"):
+        for field in (
+            "uid",
+            "creationTimestamp",
+            "deletionTimestamp",
+            "deletionGracePeriodSeconds",
+            "generation",
+        ):
             if field in current["metadata"]:
                 metadata[field] = current["metadata"][field]
             else:
@@ -268,6 +330,14 @@ class Store:
         if unchanged:
             # The real API writes nothing (and keeps the resourceVersion) when an update changes nothing.
             return copy.deepcopy(current), warnings
+        if (
+            metadata.get("deletionTimestamp")
+            and not metadata.get("finalizers")
+            and not self._graceful(current)
+        ):
+            metadata["resourceVersion"] = current["metadata"]["resourceVersion"]
+            self.objects[key] = obj
+            return self._remove(resource, key, obj), warnings
         metadata["resourceVersion"] = self._next_revision()
         self.objects[key] = obj
         self._emit("MODIFIED", resource, obj, current)
@@ -287,7 +357,7 @@ class Store:
         current = self.get(resource, namespace, name)
         current["status"] = status
         current["metadata"].pop("resourceVersion", None)
-        return self.replace(resource, namespace, name, current, subresource="status")[0]
+        return self.replace(resource, namespace, name, current, subresource="status", trusted=True)[0]
 
     def delete(
         self,
@@ -297,7 +367,13 @@ class Store:
         precondition_version: str | None = None,
         precondition_uid: str | None = None,
         dry_run: bool = False,
-    ) -> dict[str, Any]:
+        propagation: str | None = None,
+        grace_seconds: int | None = None,
+    ) -> tuple[dict[str, Any], bool]:
+        """DELETE: (the object, whether it is gone). See the module docstring for what stays behind.
+
+        `propagation` is Foreground, Background or Orphan (None: the caller's default was already applied).
+        """
         key = self.key(resource, namespace, name)
         current = self.objects.get(key)
         if current is None:
@@ -316,21 +392,85 @@ class Store:
                     "kind": resource.plural,
                 },
             )
+        obj = copy.deepcopy(current)
+        metadata = obj["metadata"]
+        finalizers = list(metadata.get("finalizers") or [])
+        if propagation == "Foreground" and "foregroundDeletion" not in finalizers:
+            finalizers.append("foregroundDeletion")
+        elif propagation == "Orphan" and "orphan" not in finalizers:
+            finalizers.append("orphan")
+        grace = self._grace(resource, current, grace_seconds)
         if dry_run:
-            return copy.deepcopy(current)
+            return obj, not finalizers and not grace
         if resource.kind == "Namespace":
             for other in RESOURCES:
                 if other.namespaced:
-                    for obj in self.list(other, name):
-                        self.delete(other, name, obj["metadata"]["name"])
+                    for child in self.list(other, name):
+                        self._remove(other, self.key(other, name, child["metadata"]["name"]), child)
+            gone = self._remove(resource, key, current)
+            gone["metadata"]["deletionTimestamp"] = now()
+            gone["status"] = {"phase": "Terminating"}
+            return gone, True
+        if not finalizers and not grace:
+            return self._remove(resource, key, current), True
+        # Stays, being deleted: deletionTimestamp (now + grace for a Pod) and the finalizers.
+        deadline = time.time() + (grace or 0)
+        existing = parse_time(metadata.get("deletionTimestamp"))
+        if existing is None or deadline < existing:
+            metadata["deletionTimestamp"] = timestamp(deadline)
+            metadata["deletionGracePeriodSeconds"] = grace or 0
+        metadata["finalizers"] = finalizers
+        if obj == current:
+            return obj, False
+        metadata["resourceVersion"] = self._next_revision()
+        self.objects[key] = obj
+        self._emit("MODIFIED", resource, obj, current)
+        return copy.deepcopy(obj), False
+
+    @staticmethod
+    def _grace(resource: Resource, pod: dict[str, Any], grace_seconds: int | None) -> int:
+        """The graceful-deletion period: only a Pod that is bound and not finished gets one (the pod
+        registry's CheckGracefulDelete)."""
+        if resource.kind != "Pod":
+            return 0
+        if not (pod.get("spec") or {}).get("nodeName"):
+            return 0
+        if (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed"):
+            return 0
+        if grace_seconds is not None:
+            return max(int(grace_seconds), 0)
+        return int((pod.get("spec") or {}).get("terminationGracePeriodSeconds", 30))
+
+    @staticmethod
+    def _graceful(obj: dict[str, Any]) -> bool:
+        """A Pod in its grace period: the kubelet (not an update emptying finalizers) ends its deletion."""
+        return obj.get("kind") == "Pod" and bool(
+            (obj.get("metadata") or {}).get("deletionGracePeriodSeconds")
+        )
+
+    def _remove(self, resource: Resource, key: Key, current: dict[str, Any]) -> dict[str, Any]:
         del self.objects[key]
         gone = copy.deepcopy(current)
         gone["metadata"]["resourceVersion"] = self._next_revision()
-        if resource.kind == "Namespace":
-            gone["metadata"]["deletionTimestamp"] = now()
-            gone["status"] = {"phase": "Terminating"}
         self._emit("DELETED", resource, gone, current)
         return gone
+
+    def finish_deletion(self, resource: Resource, namespace: str, name: str) -> dict[str, Any] | None:
+        """For the kubelet: a Pod whose containers stopped leaves the store (unless a finalizer holds it)."""
+        key = self.key(resource, namespace, name)
+        current = self.objects.get(key)
+        if current is None:
+            return None
+        if current["metadata"].get("finalizers"):
+            if not current["metadata"].get("deletionGracePeriodSeconds"):
+                return current
+            obj = copy.deepcopy(current)
+            obj["metadata"]["deletionGracePeriodSeconds"] = 0
+            obj["metadata"]["resourceVersion"] = self._next_revision()
+            self.objects[key] = obj
+            self._emit("MODIFIED", resource, obj, current)
+            return obj
+        return self._remove(resource, key, current)
 
     # -- watching ---------------------------------------------------------------------------------------
 

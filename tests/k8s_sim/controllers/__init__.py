@@ -1,0 +1,1 @@
+"""The simulated kube-controller-manager: each module is one controller (see runtime.py for how they run)."""
