@@ -85,13 +85,31 @@ RESOURCES: tuple[Resource, ...] = (
     ),
     _R("", "v1", "configmaps", "ConfigMap", True, ("cm",)),
     _R("", "v1", "secrets", "Secret", True),
-    _R("", "v1", "serviceaccounts", "ServiceAccount", True, ("sa",), subresources=("token",)),
-    _R("", "v1", "persistentvolumes", "PersistentVolume", False, ("pv",), status=True),
-    _R("", "v1", "persistentvolumeclaims", "PersistentVolumeClaim", True, ("pvc",), status=True),
+    _R(
+        "",
+        "v1",
+        "serviceaccounts",
+        "ServiceAccount",
+        True,
+        ("sa",),
+        return_deleted=True,
+        subresources=("token",),
+    ),
+    _R("", "v1", "persistentvolumes", "PersistentVolume", False, ("pv",), status=True, return_deleted=True),
+    _R(
+        "",
+        "v1",
+        "persistentvolumeclaims",
+        "PersistentVolumeClaim",
+        True,
+        ("pvc",),
+        status=True,
+        return_deleted=True,
+    ),
     _R("", "v1", "events", "Event", True, ("ev",)),
     _R("", "v1", "endpoints", "Endpoints", True, ("ep",)),
     _R("", "v1", "limitranges", "LimitRange", True, ("limits",)),
-    _R("", "v1", "resourcequotas", "ResourceQuota", True, ("quota",), status=True),
+    _R("", "v1", "resourcequotas", "ResourceQuota", True, ("quota",), status=True, return_deleted=True),
     # apps/v1
     _R(
         "apps",
@@ -143,9 +161,9 @@ RESOURCES: tuple[Resource, ...] = (
     # policy/v1
     _R("policy", "v1", "poddisruptionbudgets", "PodDisruptionBudget", True, ("pdb",), status=True),
     # storage.k8s.io/v1
-    _R("storage.k8s.io", "v1", "storageclasses", "StorageClass", False, ("sc",)),
-    _R("storage.k8s.io", "v1", "csidrivers", "CSIDriver", False),
-    _R("storage.k8s.io", "v1", "csinodes", "CSINode", False),
+    _R("storage.k8s.io", "v1", "storageclasses", "StorageClass", False, ("sc",), return_deleted=True),
+    _R("storage.k8s.io", "v1", "csidrivers", "CSIDriver", False, return_deleted=True),
+    _R("storage.k8s.io", "v1", "csinodes", "CSINode", False, return_deleted=True),
     # scheduling.k8s.io/v1, coordination.k8s.io/v1, events.k8s.io/v1
     _R("scheduling.k8s.io", "v1", "priorityclasses", "PriorityClass", False, ("pc",)),
     _R("coordination.k8s.io", "v1", "leases", "Lease", True),

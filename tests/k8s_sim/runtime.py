@@ -204,6 +204,7 @@ class Runtime:
     def start(self) -> None:
         self._queue = self.store.subscribe()
         self._task = asyncio.get_running_loop().create_task(self.run())
+        self._task.add_done_callback(_report_end)
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -373,3 +374,9 @@ class Runtime:
                 "reportingInstance": host or "",
             },
         )
+
+
+def _report_end(task: asyncio.Task) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        print("k8s-sim: the controller loop stopped", file=sys.stderr)
+        traceback.print_exception(task.exception())

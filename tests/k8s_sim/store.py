@@ -33,6 +33,7 @@ validated again: they derive from objects that were).
 from __future__ import annotations
 
 import asyncio
+import base64
 import copy
 import random
 import time
@@ -168,6 +169,12 @@ class Store:
                 else f"the kind in the data ({kind}) does not match the expected kind ({resource.kind})"
             )
         obj["kind"], obj["apiVersion"] = resource.kind, resource.api_version
+        if resource.kind == "Secret" and isinstance(obj.get("stringData"), dict):
+            # stringData is write-only: merged into data (base64), as the Secret strategy does.
+            data = obj.setdefault("data", {}) or {}
+            for key, value in obj.pop("stringData").items():
+                data[key] = base64.b64encode(str(value).encode()).decode()
+            obj["data"] = data
         metadata = obj.setdefault("metadata", {})
         if not isinstance(metadata, dict):
             raise errors.bad_request("metadata must be an object")
@@ -253,6 +260,38 @@ class Store:
             if isinstance(template.get("template"), dict):
                 defaults.pod_spec(template["template"].setdefault("spec", {}))
 
+    def _default_update(self, resource: Resource, obj: dict[str, Any], current: dict[str, Any]) -> None:
+        """Defaulting on update: the API's SetDefaults functions run on every write (the admission
+        plugins that mutate on create do not; a Service keeps its allocated cluster IP)."""
+        kind = resource.kind
+        if kind == "Pod":
+            defaults.pod_spec(obj.setdefault("spec", {}))
+        elif kind == "Job":
+            defaults.job(obj, current["metadata"]["uid"])
+        elif kind == "Deployment":
+            defaults.deployment(obj)
+        elif kind == "ReplicaSet":
+            defaults.replica_set(obj)
+        elif kind == "DaemonSet":
+            defaults.daemon_set(obj)
+        elif kind == "StatefulSet":
+            defaults.stateful_set(obj)
+        elif kind == "PersistentVolumeClaim":
+            obj.setdefault("spec", {}).setdefault("volumeMode", "Filesystem")
+        elif kind == "PersistentVolume":
+            spec = obj.setdefault("spec", {})
+            spec.setdefault("persistentVolumeReclaimPolicy", "Retain")
+            spec.setdefault("volumeMode", "Filesystem")
+        elif kind == "Service":
+            spec, previous = obj.setdefault("spec", {}), current.get("spec") or {}
+            for field in ("clusterIP", "clusterIPs", "ipFamilies", "ipFamilyPolicy"):
+                if field not in spec and field in previous:
+                    spec[field] = previous[field]
+            status = obj.get("status")
+            defaults.service(obj, self.cluster_ips)
+            if status is not None:
+                obj["status"] = status
+
     def default_storage_class(self) -> str | None:
         """The DefaultStorageClass admission plugin's choice: the class annotated as the default."""
         classes = find("storage.k8s.io", "v1", "storageclasses")
@@ -306,6 +345,8 @@ class Store:
         warnings = (
             [] if trusted else validate(resource, obj, field_validation or self.default_field_validation)
         )
+        if subresource != "status":
+            self._default_update(resource, obj, current)
         metadata = obj["metadata"]
         for field in (
             "uid",

@@ -14,8 +14,12 @@ Two layers, as in the real server:
 2. A few of the real server's own validation rules, which the schemas do not carry (marked "real API
    rule" below): metadata.name present and a DNS-1123 subdomain (label for Namespace, Service), Pod
    containers present with a name and an image, Pod restartPolicy, a Job's pod template restartPolicy
-   OnFailure or Never. Everything else the real server checks (immutability of Pod specs, selector matching
-   templates, quantities, ...) is not implemented yet.
+   OnFailure or Never, and resource requirements (ValidateResourceRequirements: a request of an extended
+   resource such as `nvidia.com/gpu` needs a limit and must equal it, and must be a whole number; a request
+   may not exceed its limit:
+   https://kubernetes.io/docs/concepts/configuration/manage-resources-containers/#extended-resources).
+   Everything else the real server checks (immutability of Pod specs, selector matching templates, ...) is
+   not implemented yet.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ import jsonschema
 from referencing import Registry
 from referencing import Resource as SchemaResource
 
-from tests.k8s_sim import errors
+from tests.k8s_sim import errors, quantity
 from tests.k8s_sim.resources import KUBERNETES_VERSION, Resource
 
 DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
@@ -190,6 +194,79 @@ def _rules(resource: Resource, obj: dict[str, Any], name: str) -> list[dict[str,
     return causes
 
 
+def _overcommit_allowed(name: str) -> bool:
+    """helper.IsOvercommitAllowed: native resources (no domain, or kubernetes.io) except hugepages."""
+    domain = name.split("/", 1)[0] if "/" in name else ""
+    native = not domain or domain == "kubernetes.io" or domain.endswith(".kubernetes.io")
+    return native and not name.startswith("hugepages-")
+
+
+def _resource_rules(resources: dict[str, Any], path: str) -> list[dict[str, str]]:
+    """ValidateResourceRequirements (real API rule)."""
+    causes: list[dict[str, str]] = []
+    requests = resources.get("requests") or {}
+    limits = resources.get("limits") or {}
+    if not isinstance(requests, dict) or not isinstance(limits, dict):
+        return causes
+    for kind, values in (("limits", limits), ("requests", requests)):
+        for name, value in values.items():
+            try:
+                amount = quantity.parse(value)
+            except ValueError as exc:
+                causes.append(
+                    errors.cause(
+                        "FieldValueInvalid",
+                        f"{path}.{kind}[{name}]",
+                        f"Invalid value: {json.dumps(value)}: {exc}",
+                    )
+                )
+                continue
+            if not _overcommit_allowed(name) and "/" in name and amount.denominator != 1:
+                causes.append(
+                    errors.cause(
+                        "FieldValueInvalid",
+                        f"{path}.{kind}[{name}]",
+                        f'Invalid value: "{value}": must be an integer',
+                    )
+                )
+    for name, value in requests.items():
+        try:
+            amount = quantity.parse(value)
+        except ValueError:
+            continue
+        if name in limits:
+            try:
+                limit = quantity.parse(limits[name])
+            except ValueError:
+                continue
+            if amount != limit and not _overcommit_allowed(name):
+                causes.append(
+                    errors.cause(
+                        "FieldValueInvalid",
+                        f"{path}.requests",
+                        f'Invalid value: "{value}": must be equal to {name} limit of {limits[name]}',
+                    )
+                )
+            elif amount > limit:
+                causes.append(
+                    errors.cause(
+                        "FieldValueInvalid",
+                        f"{path}.requests",
+                        f'Invalid value: "{value}": must be less than or equal to {name} limit of '
+                        f"{limits[name]}",
+                    )
+                )
+        elif not _overcommit_allowed(name):
+            causes.append(
+                errors.cause(
+                    "FieldValueRequired",
+                    f"{path}.limits",
+                    "Required value: Limit must be set for non overcommitable resources",
+                )
+            )
+    return causes
+
+
 def _pod_spec_rules(
     spec: dict[str, Any], prefix: str, policies: tuple[str, ...], required_policy: bool = False
 ) -> list[dict[str, str]]:
@@ -202,6 +279,12 @@ def _pod_spec_rules(
             causes.append(
                 errors.cause("FieldValueRequired", f"{prefix}.containers[{index}].image", "Required value")
             )
+    for key in ("initContainers", "containers"):
+        for index, container in enumerate(spec.get(key) or []):
+            if isinstance(container, dict):
+                causes += _resource_rules(
+                    container.get("resources") or {}, f"{prefix}.{key}[{index}].resources"
+                )
     policy = spec.get("restartPolicy")
     supported = ", ".join(f'"{p}"' for p in policies)
     if policy is None and required_policy:

@@ -52,6 +52,7 @@ import time
 from collections import defaultdict
 from typing import Any
 
+from tests.k8s_sim import defaults
 from tests.k8s_sim.runtime import (
     DAEMONSETS,
     DEPLOYMENTS,
@@ -304,7 +305,8 @@ class DeploymentController(Component):
     def sync_one(self, deployment: dict[str, Any], sets: list[dict[str, Any]]) -> None:
         spec = deployment["spec"]
         replicas = int(spec.get("replicas", 1))
-        template = spec.get("template") or {}
+        template = copy.deepcopy(spec.get("template") or {})
+        defaults.pod_spec(template.setdefault("spec", {}))
         status = copy.deepcopy(deployment.get("status") or {})
         conditions = status.setdefault("conditions", [])
         new_rs = next((rs for rs in sets if _strip_hash(rs["spec"].get("template") or {}) == template), None)
