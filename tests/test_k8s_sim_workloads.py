@@ -5,8 +5,8 @@ template, pod-template-hash, revisions, rolling updates, the Available and Progr
 ProgressDeadlineExceeded: "Failed Deployment"),
 https://kubernetes.io/docs/concepts/workloads/controllers/daemonset/,
 https://kubernetes.io/docs/concepts/workloads/controllers/statefulset/ (ordinal names, OrderedReady, claims
-from volumeClaimTemplates) and https://kubernetes.io/docs/concepts/storage/persistent-volumes/ (binding, dynamic
-provisioning, WaitForFirstConsumer).
+from volumeClaimTemplates) and https://kubernetes.io/docs/concepts/storage/persistent-volumes/ (binding,
+dynamic provisioning, WaitForFirstConsumer).
 """
 
 from __future__ import annotations
