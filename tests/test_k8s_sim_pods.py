@@ -513,3 +513,71 @@ def test_exec_hook_is_stopped_when_its_pod_is_deleted(k8s_api, k8s_namespace, k8
         lambda: not core.list_namespaced_pod(k8s_namespace, field_selector="metadata.name=sleeps").items
     )
     assert time.monotonic() - started < 5
+
+
+FETCH = r"""
+import json, os
+mounts = json.loads(os.environ["SIM_MOUNTS"])
+with open(os.path.join(mounts["/workspace"], "context.txt"), "w") as handle:
+    handle.write("fetched " + os.environ["CONTEXT_BLOB"])
+"""
+BUILD = r"""
+import json, os
+mounts = json.loads(os.environ["SIM_MOUNTS"])
+print(open(os.path.join(mounts["/workspace"], "context.txt")).read(), flush=True)
+print(open(os.path.join(mounts["/home/user/.docker"], "config.json")).read(), flush=True)
+"""
+
+
+def test_hooked_containers_share_the_pods_volumes(k8s_api, k8s_namespace, k8s_sim):
+    """An init container's hook writes into an emptyDir that the next container's hook reads; a Secret volume
+    holds its keys (`items` honoured), as a build pod's context and registry credentials are."""
+    core = client.CoreV1Api(k8s_api)
+    core.create_namespaced_secret(
+        k8s_namespace,
+        {
+            "metadata": {"name": "robot"},
+            "type": "kubernetes.io/dockerconfigjson",
+            "stringData": {".dockerconfigjson": '{"auths": {}}'},
+        },
+    )
+    k8s_sim.hook(r"^example\.test/fetch:", [sys.executable, "-c", FETCH])
+    k8s_sim.hook(r"^example\.test/build:", [sys.executable, "-c", BUILD])
+    body = pod(
+        "shared",
+        initContainers=[
+            {
+                "name": "context",
+                "image": "example.test/fetch:1",
+                "env": [{"name": "CONTEXT_BLOB", "value": "registry/ctx@sha256:00"}],
+                "volumeMounts": [{"name": "workspace", "mountPath": "/workspace"}],
+            }
+        ],
+        containers=[
+            {
+                "name": "build",
+                "image": "example.test/build:1",
+                "volumeMounts": [
+                    {"name": "workspace", "mountPath": "/workspace", "readOnly": True},
+                    {"name": "docker-config", "mountPath": "/home/user/.docker"},
+                ],
+            }
+        ],
+        volumes=[
+            {"name": "workspace", "emptyDir": {}},
+            {
+                "name": "docker-config",
+                "secret": {
+                    "secretName": "robot",
+                    "items": [{"key": ".dockerconfigjson", "path": "config.json"}],
+                },
+            },
+        ],
+    )
+    core.create_namespaced_pod(k8s_namespace, body)
+    done = wait_until(lambda: phase(core, k8s_namespace, "shared", "Succeeded", "Failed"), timeout_s=15)
+    assert done.status.phase == "Succeeded", log_text(core, k8s_namespace, "shared")
+    text = core.read_namespaced_pod_log(
+        "shared", k8s_namespace, container="build", _preload_content=False
+    ).data
+    assert text.decode().splitlines() == ["fetched registry/ctx@sha256:00", '{"auths": {}}']

@@ -1,5 +1,19 @@
-"""A Kubernetes API server simulator for the tests (issue 8): see app.py (HTTP), store.py (objects, events),
-validation.py (the real OpenAPI schemas), resources.py (kinds and discovery), errors.py (Status bodies).
+"""A Kubernetes API server simulator for the tests (issue 8), with a simulated control plane and nodes.
 
-Run it with `python -m tests.k8s_sim --port N`; tests start it with `tests.fixtures.kubernetes`.
+The API: app.py (HTTP, pods/log, eviction, DELETE options), store.py (objects, resourceVersions, finalizers,
+graceful deletion, events), defaults.py (defaulting and mutating admission), validation.py (the real OpenAPI
+schemas and some API rules), resources.py (kinds and discovery), errors.py (Status bodies), faults.py (API
+faults), control.py (the `/_sim/...` control endpoints).
+
+The cluster: cluster.py (seeds: `gpu-cluster`, a kubeadm control-plane node and three NVIDIA GPU nodes),
+runtime.py (the loop that runs the rest), scheduler.py, kubelet.py (pod lifecycle, scripted outcomes, logs,
+faults, and the exec hook that carries a container out with a local command), controllers/ (Jobs,
+ReplicaSets, Deployments, DaemonSets, StatefulSets, PodDisruptionBudgets, volume binding, garbage collection,
+TTL-after-finished, PodGC, node loss and taint-based eviction, default ServiceAccounts).
+
+Each module's docstring says what it does as the real component does, with the Kubernetes documentation it
+follows, and what it simplifies.
+
+Run it with `python -m tests.k8s_sim --port N [--seed gpu-cluster]`; tests start it with
+`tests.fixtures.kubernetes` (fixtures `k8s_cluster`, `k8s_api`, `k8s_sim`, `k8s_namespace`).
 """

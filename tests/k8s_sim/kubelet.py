@@ -59,7 +59,11 @@ from the store), then the hook's `env`, then:
   `SIM_WORKDIR` (its working directory, a fresh temporary directory removed afterwards),
 - `SIM_TERMINATION_MESSAGE_PATH`: a file standing for the container's terminationMessagePath, read as the
   termination message when the command ends; in the argv, the container's terminationMessagePath itself
-  (e.g. `--metadata-file /dev/termination-log`) is replaced by this path.
+  (e.g. `--metadata-file /dev/termination-log`) is replaced by this path;
+- `SIM_MOUNTS`: JSON `{mountPath: local directory}` for the container's volumeMounts, and `SIM_VOLUMES_DIR`,
+  the pod's volumes as local directories shared by its hooked containers: an emptyDir is an empty
+  directory (what an init container's hook writes there, the next container's hook reads), a Secret,
+  ConfigMap or projected volume holds its keys as files (e.g. the Docker config of a registry Secret).
 
 Its stdout and stderr, line by line, are the container's log as they come (so `follow` streams them); its
 exit status is the exit code (killed by signal N: 128+N); a command that cannot start fails the container
@@ -471,12 +475,21 @@ class PodWorker:
         self.start_time = now()
         self.extra_conditions: list[dict[str, Any]] = []
         self.task: asyncio.Task | None = None
+        self._children: list[asyncio.Future] = []
+        self.volume_root: str | None = None
         self.terminating: float | None = None
         self._stop = asyncio.Event()
         self._poke = asyncio.Event()
         self._done = False
 
     # -- control --
+
+    def _spawn(self, awaitable) -> asyncio.Future:
+        """A child task, cancelled with the pod's own."""
+        future = asyncio.ensure_future(awaitable)
+        self._children = [c for c in self._children if not c.done()]
+        self._children.append(future)
+        return future
 
     def start(self) -> None:
         self.task = asyncio.get_running_loop().create_task(self._run())
@@ -498,6 +511,66 @@ class PodWorker:
             self.task.cancel()
         for container in self.init + self.main:
             self._kill(container, signal.SIGKILL)
+        self._drop_volumes()
+
+    # -- volumes for hooks --
+
+    def _volumes_dir(self) -> str:
+        """The pod's volumes as local directories (made when a hooked container first needs them): an
+        emptyDir (or any other kind) is an empty directory shared by the pod's containers; a Secret, a
+        ConfigMap or a projected volume of them holds their keys as files (`items` honoured)."""
+        if self.volume_root is not None:
+            return self.volume_root
+        self.volume_root = tempfile.mkdtemp(prefix=f"k8s-sim-volumes-{self.name}-")
+        for volume in self.spec.get("volumes") or []:
+            path = os.path.join(self.volume_root, volume["name"])
+            os.makedirs(path, exist_ok=True)
+            sources = []
+            if "secret" in volume:
+                sources.append(
+                    ("secret", volume["secret"].get("secretName", ""), volume["secret"].get("items"))
+                )
+            if "configMap" in volume:
+                sources.append(
+                    ("configMap", volume["configMap"].get("name", ""), volume["configMap"].get("items"))
+                )
+            for source in (volume.get("projected") or {}).get("sources") or []:
+                for kind in ("secret", "configMap"):
+                    if kind in source:
+                        sources.append((kind, source[kind].get("name", ""), source[kind].get("items")))
+            for kind, name, items in sources:
+                self._write_keys(path, kind, name, items)
+        return self.volume_root
+
+    def _write_keys(self, path: str, kind: str, name: str, items: list[dict[str, Any]] | None) -> None:
+        obj = self.store.peek(SECRETS if kind == "secret" else CONFIGMAPS, self.namespace, name) or {}
+        values: dict[str, bytes] = {}
+        for key, value in (obj.get("data") or {}).items():
+            values[key] = base64.b64decode(value) if kind == "secret" else str(value).encode()
+        for key, value in (obj.get("binaryData") or {}).items():
+            values[key] = base64.b64decode(value)
+        wanted = [(item.get("key", ""), item.get("path", "")) for item in items or []] or [
+            (k, k) for k in values
+        ]
+        for key, target in wanted:
+            if key not in values or not target:
+                continue
+            destination = os.path.join(path, target)
+            os.makedirs(os.path.dirname(destination), exist_ok=True)
+            with open(destination, "wb") as handle:
+                handle.write(values[key])
+
+    def _mounts(self, container: ContainerState) -> dict[str, str]:
+        root = self._volumes_dir()
+        return {
+            mount["mountPath"]: os.path.join(root, mount["name"], mount.get("subPath") or "").rstrip("/")
+            for mount in container.spec.get("volumeMounts") or []
+        }
+
+    def _drop_volumes(self) -> None:
+        if self.volume_root is not None:
+            shutil.rmtree(self.volume_root, ignore_errors=True)
+            self.volume_root = None
 
     def evict(self, message: str) -> None:
         if self.phase in ("Succeeded", "Failed") or self._done:
@@ -625,6 +698,8 @@ class PodWorker:
 
             traceback.print_exc()
         finally:
+            for child in self._children:
+                child.cancel()
             for container in self.init + self.main:
                 log = self.kubelet.log(self.uid, container.name)
                 if log is not None and container.terminated is not None:
@@ -680,7 +755,7 @@ class PodWorker:
         sidecars: list[asyncio.Task] = []
         for container in self.init:
             if container.sidecar:
-                sidecars.append(asyncio.ensure_future(self._keep_running(container)))
+                sidecars.append(self._spawn(self._keep_running(container)))
                 while not container.started and not self._stop.is_set():
                     await self._sleep(self.runtime.kubelet_step_s)
                 continue
@@ -692,8 +767,8 @@ class PodWorker:
         for container in self.main:
             container.state = {"waiting": {"reason": "ContainerCreating"}}
         self.publish()
-        mains = [asyncio.ensure_future(self._keep_running(c)) for c in self.main]
-        stop_wait = asyncio.ensure_future(self._stop.wait())
+        mains = [self._spawn(self._keep_running(c)) for c in self.main]
+        stop_wait = self._spawn(self._stop.wait())
         await asyncio.wait([*mains, stop_wait], return_when=asyncio.FIRST_COMPLETED)
         while not all(m.done() for m in mains) and not self._stop.is_set():
             await asyncio.wait([*mains, stop_wait], return_when=asyncio.FIRST_COMPLETED)
@@ -831,7 +906,7 @@ class PodWorker:
         self.phase = self._phase()
         self.publish()
         self.event("Normal", "Started", f"Started container {container.name}", container)
-        readiness = asyncio.ensure_future(self._become_ready(container, script))
+        readiness = self._spawn(self._become_ready(container, script))
         try:
             if hook is not None:
                 exit_code, reason, message = await self._run_hook(container, hook, log)
@@ -996,6 +1071,8 @@ class PodWorker:
                 "SIM_API_URL": self.runtime.sim_url,
                 "SIM_WORKDIR": workdir,
                 "SIM_TERMINATION_MESSAGE_PATH": message_path,
+                "SIM_VOLUMES_DIR": self._volumes_dir(),
+                "SIM_MOUNTS": json.dumps(self._mounts(container)),
             }
             try:
                 process = await asyncio.create_subprocess_exec(
@@ -1014,7 +1091,7 @@ class PodWorker:
                     f"failed to create containerd task: failed to create shim task: exec: {exc}",
                 )
             container.process = process
-            killer = asyncio.ensure_future(self._stop_process_on_request(container, process))
+            killer = self._spawn(self._stop_process_on_request(container, process))
             assert process.stdout is not None
             while True:
                 raw = await process.stdout.readline()
@@ -1117,6 +1194,7 @@ class PodWorker:
             self.phase = phase
         self.sandbox = False
         self.publish()
+        self._drop_volumes()
         if self.terminating is not None and not self._done:
             self.store.finish_deletion(PODS, self.namespace, self.name)
             self._done = True

@@ -2,12 +2,12 @@
 
 Each `Resource` is one REST resource as the real API server's discovery lists it (`kubectl api-resources`
 on a v1.37 cluster): group, version, plural name, Kind, whether it is namespaced, its short names and verbs.
-Objects of every listed resource are stored generically (see `store.py`); no resource has behaviour
-(controllers, scheduler, kubelet) yet.
+Objects of every listed resource are stored generically (see `store.py`); the ones with behaviour have a
+controller in runtime.py's components (Pods: scheduler.py and kubelet.py; Jobs, ReplicaSets, Deployments,
+DaemonSets, StatefulSets, PodDisruptionBudgets, PersistentVolume(Claim)s, Nodes: controllers/).
 
-Subresources listed: `pods/log`, `pods/status`, `pods/binding`, `pods/eviction` (placeholders in discovery;
-only `<resource>/status` is served, for the kinds marked `status=True`), `deployments/scale` and friends are
-listed for discovery only.
+Subresources served: `<resource>/status` (the kinds marked `status=True`), `pods/log`, `pods/eviction`;
+`pods/binding`, `pods/exec`, `deployments/scale` and friends are listed for discovery only.
 """
 
 from __future__ import annotations

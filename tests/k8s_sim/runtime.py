@@ -161,6 +161,8 @@ class Runtime:
         self._timers: list[float] = []
         self._task: asyncio.Task | None = None
         self._queue: asyncio.Queue | None = None
+        self._timer_slots: set[float] = set()
+        self._events: dict[tuple[str, str, str, str, str], str] = {}
         self.sim_url = ""
         from tests.k8s_sim.controllers import gc, jobs, namespaces, nodes, storage, workloads
         from tests.k8s_sim.kubelet import Kubelet
@@ -189,8 +191,12 @@ class Runtime:
     # -- scheduling work ----------------------------------------------------------------------------------
 
     def wake_at(self, when: float) -> None:
-        """Run every component again at `when` (time.time())."""
-        heapq.heappush(self._timers, when)
+        """Run every component again at `when` (time.time()); the same moment is kept once."""
+        slot = round(when, 2)
+        if slot in self._timer_slots:
+            return
+        self._timer_slots.add(slot)
+        heapq.heappush(self._timers, slot)
         self.kick()
 
     def wake_in(self, seconds: float) -> None:
@@ -242,7 +248,7 @@ class Runtime:
             self._take(queue.get_nowait(), dirty)
         current = time.time()
         while self._timers and self._timers[0] <= current:
-            heapq.heappop(self._timers)
+            self._timer_slots.discard(heapq.heappop(self._timers))
             dirty.update(self.components)
 
     def _take(self, event: Event | None, dirty: set[Component]) -> None:
@@ -268,7 +274,8 @@ class Runtime:
         try:
             return self.store.create(res, namespace, body, trusted=True)[0]
         except errors.ApiError as exc:
-            print(f"k8s-sim: create {res.plural} {namespace}: {exc.message}", file=sys.stderr)
+            if exc.code != 409:  # a name still taken (a pod still terminating) is retried on a later pass
+                print(f"k8s-sim: create {res.plural} {namespace}: {exc.message}", file=sys.stderr)
             return None
 
     def update(self, res: Resource, obj: dict[str, Any]) -> dict[str, Any] | None:
@@ -328,19 +335,14 @@ class Runtime:
         namespace = metadata.get("namespace") or "default"
         if self.store.peek(NAMESPACES, "", namespace) is None:
             return
-        for existing in self.store.iter(EVENTS, namespace):
-            ref = existing.get("involvedObject") or {}
-            if (
-                ref.get("uid") == metadata.get("uid")
-                and existing.get("reason") == reason
-                and existing.get("message") == message
-                and (existing.get("source") or {}).get("component") == component
-            ):
-                updated = dict(existing)
-                updated["count"] = int(existing.get("count", 1)) + 1
-                updated["lastTimestamp"] = now()
-                self.update(EVENTS, updated)
-                return
+        key = (namespace, metadata.get("uid") or "", reason, message, component)
+        existing = self.store.peek(EVENTS, namespace, self._events.get(key, ""))
+        if existing is not None:
+            updated = dict(existing)
+            updated["count"] = int(existing.get("count", 1)) + 1
+            updated["lastTimestamp"] = now()
+            self.update(EVENTS, updated)
+            return
         stamp = now()
         involved_ref: dict[str, Any] = {
             "kind": involved["kind"],
@@ -356,11 +358,15 @@ class Runtime:
         source: dict[str, Any] = {"component": component}
         if host:
             source["host"] = host
+        name = f"{metadata['name']}.{uuid.uuid4().hex[:16]}"
+        if len(self._events) > 100000:
+            self._events.clear()
+        self._events[key] = name
         self.create(
             EVENTS,
             namespace,
             {
-                "metadata": {"name": f"{metadata['name']}.{uuid.uuid4().hex[:16]}", "namespace": namespace},
+                "metadata": {"name": name, "namespace": namespace},
                 "involvedObject": involved_ref,
                 "reason": reason,
                 "message": message,

@@ -60,6 +60,43 @@ class Event:
     old: dict[str, Any] | None
 
 
+_ZERO_STATUS: dict[str, dict[str, Any]] = {
+    "DaemonSet": {
+        "currentNumberScheduled": 0,
+        "numberMisscheduled": 0,
+        "desiredNumberScheduled": 0,
+        "numberReady": 0,
+    },
+    "StatefulSet": {"replicas": 0, "availableReplicas": 0},
+    "ReplicaSet": {"replicas": 0},
+    "PodDisruptionBudget": {
+        "disruptionsAllowed": 0,
+        "currentHealthy": 0,
+        "desiredHealthy": 0,
+        "expectedPods": 0,
+    },
+    "Ingress": {"loadBalancer": {}},
+    "Node": {
+        "daemonEndpoints": {"kubeletEndpoint": {"Port": 0}},
+        "nodeInfo": {
+            key: ""
+            for key in (
+                "machineID",
+                "systemUUID",
+                "bootID",
+                "kernelVersion",
+                "osImage",
+                "containerRuntimeVersion",
+                "kubeletVersion",
+                "kubeProxyVersion",
+                "operatingSystem",
+                "architecture",
+            )
+        },
+    },
+}
+
+
 def now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -220,6 +257,9 @@ class Store:
         if resource.status and not trusted:
             obj.pop("status", None)
         self._default(resource, obj)
+        if resource.status and "status" not in obj:
+            # The Go status structs are not pointers: a new object is written with its zero status.
+            obj["status"] = copy.deepcopy(_ZERO_STATUS.get(resource.kind, {}))
         if dry_run:
             return obj, warnings
         metadata["resourceVersion"] = self._next_revision()
