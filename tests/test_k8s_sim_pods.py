@@ -522,16 +522,17 @@ with open(os.path.join(mounts["/workspace"], "context.txt"), "w") as handle:
     handle.write("fetched " + os.environ["CONTEXT_BLOB"])
 """
 BUILD = r"""
-import json, os
-mounts = json.loads(os.environ["SIM_MOUNTS"])
-print(open(os.path.join(mounts["/workspace"], "context.txt")).read(), flush=True)
-print(open(os.path.join(mounts["/home/user/.docker"], "config.json")).read(), flush=True)
+import json, os, sys
+context = sys.argv[sys.argv.index("--local") + 1].split("=", 1)[1]  # the container's path, made local
+print(open(os.path.join(context, "context.txt")).read(), flush=True)
+print(open(os.path.join(os.environ["DOCKER_CONFIG"], "config.json")).read(), flush=True)
 """
 
 
 def test_hooked_containers_share_the_pods_volumes(k8s_api, k8s_namespace, k8s_sim):
     """An init container's hook writes into an emptyDir that the next container's hook reads; a Secret volume
-    holds its keys (`items` honoured), as a build pod's context and registry credentials are."""
+    holds its keys (`items` honoured), as a build pod's context and registry credentials are; the container's
+    mount paths in its args and env stand for the local directories."""
     core = client.CoreV1Api(k8s_api)
     core.create_namespaced_secret(
         k8s_namespace,
@@ -557,6 +558,9 @@ def test_hooked_containers_share_the_pods_volumes(k8s_api, k8s_namespace, k8s_si
             {
                 "name": "build",
                 "image": "example.test/build:1",
+                "command": ["buildctl-daemonless.sh"],
+                "args": ["build", "--local", "context=/workspace", "--metadata-file", "/dev/termination-log"],
+                "env": [{"name": "DOCKER_CONFIG", "value": "/home/user/.docker"}],
                 "volumeMounts": [
                     {"name": "workspace", "mountPath": "/workspace", "readOnly": True},
                     {"name": "docker-config", "mountPath": "/home/user/.docker"},

@@ -63,7 +63,10 @@ from the store), then the hook's `env`, then:
 - `SIM_MOUNTS`: JSON `{mountPath: local directory}` for the container's volumeMounts, and `SIM_VOLUMES_DIR`,
   the pod's volumes as local directories shared by its hooked containers: an emptyDir is an empty
   directory (what an init container's hook writes there, the next container's hook reads), a Secret,
-  ConfigMap or projected volume holds its keys as files (e.g. the Docker config of a registry Secret).
+  ConfigMap or projected volume holds its keys as files (e.g. the Docker config of a registry Secret);
+- with `rewritePaths` (the default), the container's mountPaths in its argv and env values are replaced by
+  those local directories where they stand as a path (`--local context=/workspace/context`,
+  `DOCKER_CONFIG=/home/user/.docker`), so that the command sees the files the container would.
 
 Its stdout and stderr, line by line, are the container's log as they come (so `follow` streams them); its
 exit status is the exit code (killed by signal N: 128+N); a command that cannot start fails the container
@@ -222,6 +225,7 @@ class Hook:
     command: list[str]
     env: dict[str, str] = field(default_factory=dict)
     container: str | None = None
+    rewrite_paths: bool = True
 
     def matches(self, container: dict[str, Any]) -> bool:
         if self.container and container.get("name") != self.container:
@@ -235,6 +239,7 @@ class Hook:
             "command": self.command,
             "env": self.env,
             "container": self.container,
+            "rewritePaths": self.rewrite_paths,
         }
 
 
@@ -300,6 +305,7 @@ class Kubelet(Component):
             [str(c) for c in command],
             dict(spec.get("env") or {}),
             spec.get("container"),
+            bool(spec.get("rewritePaths", True)),
         )
         self.hooks.append(hook)
         return hook
@@ -1054,14 +1060,18 @@ class PodWorker:
             with open(pod_file, "w") as handle:
                 json.dump(pod, handle)
             declared = container.spec.get("terminationMessagePath") or "/dev/termination-log"
+            mounts = self._mounts(container)
+            rewrite = _path_rewriter(
+                {declared: message_path, **mounts} if hook.rewrite_paths else {declared: message_path}
+            )
             argv = [
                 *hook.command,
-                *[message_path if a == declared else a for a in container.spec.get("command") or []],
-                *[message_path if a == declared else a for a in container.spec.get("args") or []],
+                *[rewrite(a) for a in container.spec.get("command") or []],
+                *[rewrite(a) for a in container.spec.get("args") or []],
             ]
             env = {
                 **os.environ,
-                **self._env(container),
+                **{k: rewrite(v) for k, v in self._env(container).items()},
                 **hook.env,
                 "SIM_POD_FILE": pod_file,
                 "SIM_NAMESPACE": self.namespace,
@@ -1072,7 +1082,7 @@ class PodWorker:
                 "SIM_WORKDIR": workdir,
                 "SIM_TERMINATION_MESSAGE_PATH": message_path,
                 "SIM_VOLUMES_DIR": self._volumes_dir(),
-                "SIM_MOUNTS": json.dumps(self._mounts(container)),
+                "SIM_MOUNTS": json.dumps(mounts),
             }
             try:
                 process = await asyncio.create_subprocess_exec(
@@ -1198,6 +1208,24 @@ class PodWorker:
         if self.terminating is not None and not self._done:
             self.store.finish_deletion(PODS, self.namespace, self.name)
             self._done = True
+
+
+def _path_rewriter(paths: dict[str, str]):
+    """Replace container paths (a mountPath, the terminationMessagePath) by their local directories where
+    they stand as a path: a whole word, or after `=`, `:` or `,`, and followed by `/`, the end, `,` or `:`."""
+    if not paths:
+        return lambda text: text
+    ordered = sorted(paths, key=len, reverse=True)
+    pattern = re.compile(
+        r"(?:(?<=^)|(?<=[=:,\s]))("
+        + "|".join(re.escape(p.rstrip("/") or "/") for p in ordered)
+        + r")(?=/|$|,|:|\s)"
+    )
+
+    def rewrite(text: str) -> str:
+        return pattern.sub(lambda m: paths.get(m.group(1)) or paths.get(m.group(1) + "/", m.group(1)), text)
+
+    return rewrite
 
 
 def _log_tail(log: ContainerLog) -> str | None:
