@@ -10,11 +10,14 @@ the default plugin set does (https://kubernetes.io/docs/reference/scheduling/con
   deleted, or is unbound with an Immediate StorageClass (`pod has unbound immediate PersistentVolumeClaims`);
 - Filters, in the default order, stopping at the first that rejects a node (the framework's rule):
   `NodeUnschedulable` (`node(s) were unschedulable` for a cordoned node the pod does not tolerate),
-  `TaintToleration` (NoSchedule and NoExecute taints: https://kubernetes.io/docs/concepts/scheduling-eviction/taint-and-toleration/;
-  reason `node(s) had untolerated taint(s)`, the wording since the scheduler stopped printing taint keys and
-  values), `NodeAffinity` (`spec.nodeSelector` and requiredDuringSchedulingIgnoredDuringExecution
-  nodeSelectorTerms, ORed, with matchExpressions In/NotIn/Exists/DoesNotExist/Gt/Lt and matchFields on
-  metadata.name: https://kubernetes.io/docs/concepts/scheduling-eviction/assign-pod-node/#node-affinity;
+  `TaintToleration` (NoSchedule and NoExecute taints:
+  https://kubernetes.io/docs/concepts/scheduling-eviction/taint-and-toleration/; reason
+  `node(s) had untolerated taint(s)`: since kubernetes/kubernetes#134740 (1.35, cherry-picked to 1.34) the
+  scheduler no longer prints the taint's key and value, which older clusters showed as
+  `node(s) had untolerated taint {node-role.kubernetes.io/control-plane: }`), `NodeAffinity`
+  (`spec.nodeSelector` and requiredDuringSchedulingIgnoredDuringExecution nodeSelectorTerms, ORed, with
+  matchExpressions In/NotIn/Exists/DoesNotExist/Gt/Lt and matchFields on metadata.name:
+  https://kubernetes.io/docs/concepts/scheduling-eviction/assign-pod-node/#node-affinity;
   reason `node(s) didn't match Pod's node affinity/selector`), `NodeResourcesFit` (the pod's effective
   requests, i.e. max(sum of containers, largest init container), against the node's allocatable minus
   the requests of the non-terminal pods bound to it: `Too many pods`, `Insufficient cpu`,
