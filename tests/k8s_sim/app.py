@@ -30,25 +30,34 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import copy
 import json
 import time
 from datetime import UTC, datetime
 from typing import Any
 
+import yaml
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from tests.k8s_sim import control, errors, resources
+from tests.k8s_sim import control, errors, managed, openapi, resources
 from tests.k8s_sim.faults import Faults
-from tests.k8s_sim.patch import json_patch, merge_patch
+from tests.k8s_sim.patch import json_patch, merge_patch, strategic_merge_patch
 from tests.k8s_sim.resources import Resource
 from tests.k8s_sim.runtime import Runtime, set_condition
 from tests.k8s_sim.selectors import field_selector, label_selector
 from tests.k8s_sim.store import Event, Store
 from tests.k8s_sim.validation import FIELD_VALIDATION
 
+BODY_MEDIA_TYPES = ("application/json", "application/yaml")
+PATCH_MEDIA_TYPES = (
+    "application/json-patch+json",
+    "application/merge-patch+json",
+    "application/strategic-merge-patch+json",
+    "application/apply-patch+yaml",
+)
 JOB_DELETE_WARNING = (
     "child pods are preserved by default when jobs are deleted; set propagationPolicy=Background to remove "
     "them or set propagationPolicy=Orphan to suppress this warning"
@@ -133,6 +142,8 @@ class Simulator:
                 return Response("ok", media_type="text/plain")
             if parts == ["version"]:
                 return _json(resources.version_info())
+            if parts and parts[0] == "openapi":
+                return self._openapi(request, parts[1:])
             if parts == ["api"]:
                 return _json(resources.api_versions(f"{request.url.hostname}:{request.url.port}"))
             if parts == ["apis"]:
@@ -158,6 +169,31 @@ class Simulator:
         resource, namespace, name, sub = self._route(group, version, rest)
         return await self._serve(request, resource, namespace, name, sub)
 
+    def _openapi(self, request: Request, parts: list[str]) -> Response:
+        """/openapi/v2, /openapi/v3 and /openapi/v3/<group-version> (openapi.py)."""
+        if not _accepts_json(request.headers.get("accept")):
+            # No protobuf encoder here: 406, as the real server answers a media type it cannot produce.
+            return Response(b"", status_code=406)
+        if parts == ["v2"]:
+            return Response(openapi.v2_document(), media_type="application/json")
+        if parts == ["v3"]:
+            return _json(openapi.v3_root())
+        if parts[:1] == ["v3"] and len(parts) > 1:
+            found = openapi.v3_document("/".join(parts[1:]))
+            if found is not None:
+                body, digest = found
+                headers = {"Etag": f'"{digest}"', "Vary": "Accept"}
+                if request.query_params.get("hash") == digest:
+                    headers["Cache-Control"] = "public, immutable"
+                elif request.query_params.get("hash"):
+                    # A hash that is not the document's: the real server redirects to the current one.
+                    url = f"/openapi/v3/{'/'.join(parts[1:])}?hash={digest}"
+                    return Response(b"", status_code=301, headers={"Location": url})
+                else:
+                    headers["Cache-Control"] = "no-cache, private"
+                return Response(body, media_type="application/json", headers=headers)
+        raise errors.page_not_found()
+
     @staticmethod
     def _route(group: str, version: str, rest: list[str]) -> tuple[Resource, str | None, str, str]:
         """(resource, namespace or None, name, subresource) of a resource path."""
@@ -180,11 +216,49 @@ class Simulator:
         return resource, namespace, name, sub
 
     async def _body(self, request: Request) -> Any:
+        """A POST/PUT/DELETE body: JSON, or YAML (`application/yaml`); 415 for the media types the real
+        server also reads but this one does not (protobuf, CBOR)."""
         raw = await request.body()
+        media = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if raw and media in ("application/yaml", "application/apply-patch+yaml"):
+            try:
+                return yaml.safe_load(raw)
+            except yaml.YAMLError as exc:
+                raise errors.bad_request(f"error decoding YAML: {exc}") from None
+        if raw and media not in ("", "application/json", "*/*") and request.method in ("POST", "PUT"):
+            raise errors.unsupported_media_type(media, BODY_MEDIA_TYPES)
         try:
             return json.loads(raw or b"null")
         except ValueError as exc:
             raise errors.bad_request(f"the object provided is unrecognized or invalid: {exc}") from None
+
+    def _manager(self, request: Request, required: bool = False) -> str:
+        """The write's field manager: `fieldManager`, else the User-Agent up to its first "/"
+        (ValidatePatchOptions / ValidateFieldManager: required for apply, at most 128 characters)."""
+        manager = request.query_params.get("fieldManager") or ""
+        if len(manager) > 128:
+            raise errors.invalid(
+                "PatchOptions" if request.method == "PATCH" else "CreateOptions",
+                "meta.k8s.io",
+                "",
+                [
+                    errors.cause(
+                        "FieldValueTooLong", "fieldManager", "Too long: may not be more than 128 bytes"
+                    )
+                ],
+            )
+        if required and not manager:
+            raise errors.invalid(
+                "PatchOptions",
+                "meta.k8s.io",
+                "",
+                [
+                    errors.cause(
+                        "FieldValueRequired", "fieldManager", "Required value: is required for apply patch"
+                    )
+                ],
+            )
+        return manager or managed.manager_from_user_agent(request.headers.get("user-agent"))
 
     async def _serve(
         self, request: Request, resource: Resource, namespace: str | None, name: str, sub: str
@@ -211,29 +285,56 @@ class Simulator:
                     return self._watch(request, resource, namespace)
                 return self._list(request, resource, namespace)
             if method == "POST" and (namespace is not None or not resource.namespaced):
-                obj, warnings = store.create(resource, ns, await self._body(request), validation, dry_run)
+                body = await self._body(request)
+                obj, warnings = store.create(
+                    resource, ns, body, validation, dry_run, manager=self._manager(request)
+                )
                 return _json(obj, 201, warnings)
+            if method == "DELETE" and (namespace is not None or not resource.namespaced):
+                return self._delete_collection(
+                    request, resource, namespace, await self._body(request), dry_run
+                )
             raise errors.method_not_allowed(method, resource.qualified)
         if method == "GET":
             return _json(store.get(resource, ns, name))
         if method == "PUT":
+            body = await self._body(request)
             obj, warnings = store.replace(
-                resource, ns, name, await self._body(request), validation, sub, dry_run
+                resource, ns, name, body, validation, sub, dry_run, manager=self._manager(request)
             )
             return _json(obj, 200, warnings)
         if method == "PATCH":
             content_type = request.headers.get("content-type", "").split(";")[0].strip()
+            if content_type not in PATCH_MEDIA_TYPES:
+                raise errors.unsupported_media_type(content_type, PATCH_MEDIA_TYPES)
+            force = query.get("force")
+            if content_type == "application/apply-patch+yaml":
+                return await self._apply(request, resource, ns, name, sub, validation, dry_run)
+            if force is not None:
+                raise errors.invalid(
+                    "PatchOptions",
+                    "meta.k8s.io",
+                    "",
+                    [
+                        errors.cause(
+                            "FieldValueForbidden",
+                            "force",
+                            "Forbidden: may not be specified for non-apply patch",
+                        )
+                    ],
+                )
             patch = await self._body(request)
             current = store.get(resource, ns, name)
             if content_type == "application/json-patch+json":
                 patched = json_patch(current, patch)
-            elif content_type in ("application/merge-patch+json", "application/strategic-merge-patch+json"):
-                # strategic merge: applied as a JSON merge patch for now (see patch.py)
+            elif content_type == "application/merge-patch+json":
                 if not isinstance(patch, dict):
                     raise errors.bad_request("the body of a merge patch must be a JSON object")
                 patched = merge_patch(current, patch)
             else:
-                raise errors.unsupported_media_type(content_type)
+                if not isinstance(patch, dict):
+                    raise errors.bad_request("the body of a strategic merge patch must be a JSON object")
+                patched = strategic_merge_patch(current, patch, resource)
             if not isinstance(patched, dict):
                 raise errors.bad_request("the patch did not produce an object")
             # A patch carries the resourceVersion it read only when the client put one in (a precondition).
@@ -247,11 +348,86 @@ class Simulator:
                 patched_metadata["resourceVersion"] = sent
             else:
                 patched_metadata.pop("resourceVersion", None)
-            obj, warnings = store.replace(resource, ns, name, patched, validation, sub, dry_run)
+            obj, warnings = store.replace(
+                resource, ns, name, patched, validation, sub, dry_run, manager=self._manager(request)
+            )
             return _json(obj, 200, warnings)
         if method == "DELETE":
             return self._delete(request, resource, ns, name, await self._body(request) or {}, dry_run)
         raise errors.method_not_allowed(method, resource.qualified)
+
+    async def _apply(
+        self,
+        request: Request,
+        resource: Resource,
+        ns: str,
+        name: str,
+        sub: str,
+        validation: str | None,
+        dry_run: bool,
+    ) -> Response:
+        """Server-side apply (managed.py): create-or-update; 201 when it creates the object."""
+        manager = self._manager(request, required=True)
+        force = _bool(request.query_params.get("force"))
+        config = await self._body(request)
+        if not isinstance(config, dict):
+            raise errors.bad_request("error decoding YAML: the configuration must be an object")
+        sent_version = str(config.get("apiVersion") or "")
+        if sent_version != resource.api_version:
+            raise errors.bad_request(
+                f"Incorrect version specified in apply patch. Specified patch version: "
+                f"{sent_version}, expected: {resource.api_version}"
+            )
+        if config.get("kind") != resource.kind:
+            raise errors.bad_request(
+                f"Incorrect kind specified in apply patch. Specified patch kind: "
+                f"{config.get('kind') or ''}, expected: {resource.kind}"
+            )
+        live = self.store.peek(resource, ns, name)
+        if live is None and sub:
+            raise errors.not_found(resource.qualified, resource.group, resource.plural, name)
+        metadata = config.get("metadata")
+        if isinstance(metadata, dict) and metadata.get("name") not in (None, name):
+            raise errors.bad_request(
+                f"the name of the object ({metadata.get('name')}) does not match the name on the URL ({name})"
+            )
+        merged = managed.apply(resource, copy.deepcopy(live) if live else None, config, manager, force, sub)
+        merged.setdefault("metadata", {})["name"] = name
+        if live is None:
+            obj, warnings = self.store.create(
+                resource, ns, merged, validation, dry_run, manager=manager, applied=True
+            )
+            return _json(obj, 201, warnings)
+        obj, warnings = self.store.replace(
+            resource, ns, name, merged, validation, sub, dry_run, manager=manager, applied=True
+        )
+        return _json(obj, 200, warnings)
+
+    def _delete_collection(
+        self, request: Request, resource: Resource, namespace: str | None, options: Any, dry_run: bool
+    ) -> Response:
+        """deletecollection: every object the selectors match is deleted as a DELETE would; the answer is
+        the list of the deleted objects (the real registry's DeleteCollection returns a List)."""
+        matches = self._matcher(request, resource, namespace)
+        items = []
+        for obj in [o for o in self.store.list(resource, namespace) if matches(o)]:
+            metadata = obj["metadata"]
+            with contextlib.suppress(errors.ApiError):
+                answer = self._delete(
+                    request, resource, metadata.get("namespace", ""), metadata["name"], options or {}, dry_run
+                )
+                items.append(json.loads(answer.body))
+        for item in items:
+            item.pop("kind", None)
+            item.pop("apiVersion", None)
+        return _json(
+            {
+                "kind": f"{resource.kind}List",
+                "apiVersion": resource.api_version,
+                "metadata": {"resourceVersion": str(self.store.revision)},
+                "items": items,
+            }
+        )
 
     def _delete(
         self, request: Request, resource: Resource, ns: str, name: str, options: Any, dry_run: bool
@@ -586,6 +762,17 @@ def _waiting_message(pod: dict[str, Any], container: str) -> str:
                 return f"{prefix} trying and failing to pull image"
             return f"{prefix} {reason}"
     return f"{prefix} ContainerCreating"
+
+
+def _accepts_json(accept: str | None) -> bool:
+    """Whether an Accept header admits JSON (absent, */*, application/*, application/json)."""
+    if not accept:
+        return True
+    for entry in accept.split(","):
+        media = entry.split(";")[0].strip().lower()
+        if media in ("*/*", "application/*", "application/json"):
+            return True
+    return False
 
 
 def _bool(value: str | None) -> bool:

@@ -93,13 +93,18 @@ def page_not_found() -> ApiError:
     return ApiError(404, "NotFound", "the server could not find the requested resource", {})
 
 
-def unsupported_media_type(content_type: str) -> ApiError:
+def unsupported_media_type(content_type: str, accepted: tuple[str, ...] = ()) -> ApiError:
+    """415: the real message lists the media types the endpoint reads (the simulator's: no protobuf)."""
+    accepted = accepted or (
+        "application/json-patch+json",
+        "application/merge-patch+json",
+        "application/strategic-merge-patch+json",
+    )
     return ApiError(
         415,
         "UnsupportedMediaType",
-        f"the body of the request was in an unknown format - accepted "
-        f"media types include: application/json-patch+json, application/merge-patch+json, "
-        f"application/strategic-merge-patch+json (got {content_type})",
+        f"the body of the request was in an unknown format - accepted media types include: "
+        f"{', '.join(accepted)}",
     )
 
 

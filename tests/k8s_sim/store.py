@@ -43,7 +43,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from tests.k8s_sim import defaults, errors
+from tests.k8s_sim import defaults, errors, managed
 from tests.k8s_sim.resources import RESOURCES, Resource, find
 from tests.k8s_sim.validation import validate
 
@@ -233,7 +233,11 @@ class Store:
         field_validation: str | None = None,
         dry_run: bool = False,
         trusted: bool = False,
+        manager: str | None = None,
+        applied: bool = False,
     ) -> tuple[dict[str, Any], list[str]]:
+        """POST. `manager` is the field manager of the write (for trusted writes without one, the
+        component's: see `_default_manager`); `applied`: managedFields were set by server-side apply."""
         obj = self._prepare(resource, namespace, body)
         metadata = obj["metadata"]
         if not metadata.get("name") and metadata.get("generateName"):
@@ -260,6 +264,8 @@ class Store:
         if resource.status and "status" not in obj:
             # The Go status structs are not pointers: a new object is written with its zero status.
             obj["status"] = copy.deepcopy(_ZERO_STATUS.get(resource.kind, {}))
+        if not applied:
+            managed.update(resource, None, obj, manager or self._default_manager(resource, ""))
         if dry_run:
             return obj, warnings
         metadata["resourceVersion"] = self._next_revision()
@@ -352,8 +358,12 @@ class Store:
         subresource: str = "",
         dry_run: bool = False,
         trusted: bool = False,
+        manager: str | None = None,
+        applied: bool = False,
     ) -> tuple[dict[str, Any], list[str]]:
         """PUT: the whole object (or, with subresource "status", its status only).
+
+        `manager` and `applied` as for `create`.
 
         An update that leaves an object being deleted (deletionTimestamp set) without finalizers deletes it.
         """
@@ -401,6 +411,11 @@ class Store:
                 metadata.pop(field, None)
         if resource.has_generation and self._spec_changed(current, obj):
             metadata["generation"] = current["metadata"].get("generation", 1) + 1
+        if not applied:
+            managed.update(
+                resource, current, obj, manager or self._default_manager(resource, subresource), subresource
+            )
+        managed.keep_times(current, obj)
         if dry_run:
             return obj, warnings
         unchanged = {k: v for k, v in obj.items() if k != "metadata"} == {
@@ -423,6 +438,14 @@ class Store:
         self.objects[key] = obj
         self._emit("MODIFIED", resource, obj, current)
         return copy.deepcopy(obj), warnings
+
+    @staticmethod
+    def _default_manager(resource: Resource, subresource: str) -> str:
+        """The field manager of a controller's write (runtime.py): the kubelet writes Pod and Node status,
+        kube-controller-manager everything else (the scheduler's binding included: simplified)."""
+        if subresource == "status" and resource.kind in ("Pod", "Node"):
+            return "kubelet"
+        return "kube-controller-manager"
 
     @staticmethod
     def _spec_changed(old: dict[str, Any], new: dict[str, Any]) -> bool:
