@@ -81,6 +81,7 @@ DOCKER_CONFIG_DIR = "/home/user/.docker"
 CA_DIR = "/etc/thinkube/registry-ca"
 SYSTEM_CERT_DIR = "/etc/ssl/certs"
 TERMINATION_MESSAGE = "/dev/termination-log"
+ATTEMPT_ANNOTATION = "thinkube.io/attempt"
 SECRET_KEY = ".dockerconfigjson"
 
 FETCH_SCRIPT = r"""set -eu
@@ -116,6 +117,12 @@ class BuildJobSpec(Spec):
     namespace: str = Field(description="Namespace of the Job (the code location's own).")
     image_name: str = Field(description="The image's name in images/ (a label; cancelled runs find it).")
     build_key: str = Field(description="The build key (a label: one key, one Job).")
+    attempt: int = Field(
+        1,
+        ge=1,
+        description="Which Job of this build key this is: a build tried again after a failed Job gets a "
+        "new Job (attempt 2, 3, ...) under a new name, so the failed one is kept with its logs.",
+    )
     run_id: str = Field(description="The Dagster run id (a label: a cancelled run deletes its Jobs by it).")
     target: str = Field(description="Reference pushed: `host/repository:build-<key>`.")
     context_blob: str = Field(
@@ -189,7 +196,9 @@ class BuildJobSpec(Spec):
 
     @property
     def job_name(self) -> str:
-        return job_name("build", self.image_name, self.build_key[:12])
+        if self.attempt == 1:
+            return job_name("build", self.image_name, self.build_key[:12])
+        return job_name("build", self.image_name, self.build_key[:12], f"a{self.attempt}")
 
 
 def build_labels(spec: BuildJobSpec) -> dict[str, str]:
@@ -355,6 +364,7 @@ def build_job_manifest(spec: BuildJobSpec) -> dict[str, Any]:
                 "thinkube.io/target": spec.target,
                 "thinkube.io/context": spec.context_blob,
                 "thinkube.io/build-key": spec.build_key,
+                ATTEMPT_ANNOTATION: str(spec.attempt),
             },
         },
         "spec": {
