@@ -42,7 +42,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from tests.k8s_sim import control, errors, managed, openapi, resources
+from tests.k8s_sim import control, errors, managed, openapi, protobuf, resources
 from tests.k8s_sim.faults import Faults
 from tests.k8s_sim.patch import json_patch, merge_patch, strategic_merge_patch
 from tests.k8s_sim.resources import Resource
@@ -216,8 +216,8 @@ class Simulator:
         return resource, namespace, name, sub
 
     async def _body(self, request: Request) -> Any:
-        """A POST/PUT/DELETE body: JSON, or YAML (`application/yaml`); 415 for the media types the real
-        server also reads but this one does not (protobuf, CBOR)."""
+        """A POST/PUT/DELETE body: JSON, YAML (`application/yaml`), or protobuf for the kinds protobuf.py
+        reads; 415 for what the real server also reads but this one does not (other protobuf, CBOR)."""
         raw = await request.body()
         media = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if raw and media in ("application/yaml", "application/apply-patch+yaml"):
@@ -225,6 +225,11 @@ class Simulator:
                 return yaml.safe_load(raw)
             except yaml.YAMLError as exc:
                 raise errors.bad_request(f"error decoding YAML: {exc}") from None
+        if raw and media == protobuf.MEDIA_TYPE:
+            try:
+                return protobuf.decode(raw)
+            except protobuf.Unsupported:
+                raise errors.unsupported_media_type(media, BODY_MEDIA_TYPES) from None
         if raw and media not in ("", "application/json", "*/*") and request.method in ("POST", "PUT"):
             raise errors.unsupported_media_type(media, BODY_MEDIA_TYPES)
         try:
@@ -677,10 +682,41 @@ class Simulator:
         timeout = float(query.get("timeoutSeconds") or 1800)
         store = self.store
         since = query.get("resourceVersion") or ""
+        initial_events = _bool(query.get("sendInitialEvents"))
+        if initial_events and (not bookmarks or query.get("resourceVersionMatch") != "NotOlderThan"):
+            # ValidateListOptions: what sendInitialEvents requires.
+            causes = []
+            if query.get("resourceVersionMatch") != "NotOlderThan":
+                causes.append(
+                    errors.cause(
+                        "FieldValueForbidden",
+                        "resourceVersionMatch",
+                        "Forbidden: sendInitialEvents requires setting resourceVersionMatch to NotOlderThan",
+                    )
+                )
+            if not bookmarks:
+                causes.append(
+                    errors.cause(
+                        "FieldValueForbidden",
+                        "allowWatchBookmarks",
+                        "Forbidden: sendInitialEvents requires setting allowWatchBookmarks to true",
+                    )
+                )
+            raise errors.invalid("ListOptions", "meta.k8s.io", "", causes)
         queue = store.subscribe()
         initial: list[dict[str, Any]] = []
         try:
-            if since in ("", "0"):
+            if initial_events:
+                # Streaming list (https://kubernetes.io/docs/reference/using-api/api-concepts/#streaming-lists):
+                # the current objects as ADDED, then a BOOKMARK annotated k8s.io/initial-events-end.
+                # resourceVersionMatch=NotOlderThan with any resourceVersion: the current state is newer.
+                snapshot = [o for o in store.list(resource, namespace) if matches(o)]
+                initial = [{"type": "ADDED", "object": o} for o in snapshot]
+                start_version = store.revision
+                end = _bookmark(resource, start_version)
+                end["object"]["metadata"]["annotations"] = {"k8s.io/initial-events-end": "true"}
+                initial.append(end)
+            elif since in ("", "0"):
                 # "Get State and Start at Most Recent" / "Start at Any": synthetic ADDED for what exists.
                 snapshot = [o for o in store.list(resource, namespace) if matches(o)]
                 initial = [{"type": "ADDED", "object": o} for o in snapshot]

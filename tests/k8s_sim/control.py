@@ -17,6 +17,7 @@ Errors are `{"error": message}` with 400 (bad input) or 404 (unknown node, pod o
 from __future__ import annotations
 
 import json
+import re
 from typing import TYPE_CHECKING, Any
 
 from starlette.requests import Request
@@ -93,7 +94,7 @@ async def handle(sim: Simulator, request: Request) -> Response:
             return _answer({"evicted": f"{parts[1]}/{parts[2]}"})
     except errors.ApiError as exc:
         return _answer({"error": exc.message}, exc.code)
-    except (ValueError, TypeError, KeyError) as exc:
+    except (ValueError, TypeError, KeyError, re.error) as exc:
         return _answer({"error": str(exc)}, 400)
     return _answer({"error": f"no such control endpoint: {method} {request.url.path}"}, 404)
 

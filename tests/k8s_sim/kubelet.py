@@ -28,7 +28,8 @@ that is up:
 **Scripted outcomes.** What each container does is a *script*; for a pod the first of these applies:
 
 - a rule registered through the control endpoint `POST /_sim/scripts` (`Kubelet.add_rule`): pods matching
-  its `namespace`, `selector` (a label selector) and/or `namePrefix` take its `outcomes` in order, one
+  its `namespace`, `selector` (a label selector), `namePrefix` and/or `image` (a regular expression that
+  one of the pod's container images matches, re.search) take its `outcomes` in order, one
   outcome per pod (the last one repeats when `repeat` is true, the default), e.g. "fail, then succeed" for
   the successive pods of a Job;
 - the pod's annotation `sim.k8s.test/script` (JSON; set it on a pod template);
@@ -190,9 +191,18 @@ class Rule:
     name_prefix: str | None = None
     repeat: bool = True
     used: int = 0
+    image: str | None = None
 
     def matches(self, pod: dict[str, Any]) -> bool:
         metadata = pod["metadata"]
+        if self.image:
+            spec = pod.get("spec") or {}
+            images = [
+                c.get("image") or ""
+                for c in (spec.get("initContainers") or []) + (spec.get("containers") or [])
+            ]
+            if not any(re.search(self.image, image) for image in images):
+                return False
         if self.namespace and metadata.get("namespace") != self.namespace:
             return False
         if self.name_prefix and not metadata["name"].startswith(self.name_prefix):
@@ -212,6 +222,7 @@ class Rule:
             "namespace": self.namespace,
             "selector": self.selector,
             "namePrefix": self.name_prefix,
+            "image": self.image,
             "outcomes": self.outcomes,
             "repeat": self.repeat,
             "used": self.used,
@@ -287,7 +298,10 @@ class Kubelet(Component):
             spec.get("selector"),
             spec.get("namePrefix"),
             bool(spec.get("repeat", True)),
+            image=spec.get("image"),
         )
+        if rule.image:
+            re.compile(rule.image)  # 400 on a bad pattern
         if rule.selector:
             label_selector(rule.selector)  # 400 on a bad selector
         self.rules.append(rule)
