@@ -142,6 +142,8 @@ DEFAULT_REGISTRY_SECRET = "thinkube-registry-docker-config"
 DEFAULT_CA_CONFIGMAP = "thinkube-registry-ca"
 DEFAULT_NODE_SELECTOR = f"{GPU_PRESENT_LABEL}=true"
 DEFAULT_TOLERATIONS = f"{GPU_TOLERATION.key}:{GPU_TOLERATION.effect}"
+DEFAULT_SCHEDULE_TIMEOUT_S = 1800
+DEFAULT_START_TIMEOUT_S = 600
 
 LOG_PREFIX = "[kubernetes] "
 """Lines the builder and runner add to a Job's log: what the cluster did with the Job."""
@@ -878,14 +880,12 @@ class KubernetesJobs(dg.ConfigurableResource):
         None, description="ServiceAccount of the build pods (no token mounted)."
     )
     schedule_timeout_s: int = Field(
-        1800,
-        gt=0,
+        DEFAULT_SCHEDULE_TIMEOUT_S,
         description="Give up on a pod the scheduler could not place for this long (e.g. every GPU busy), "
         f"quoting its FailedScheduling message (${SCHEDULE_TIMEOUT_ENV}).",
     )
     start_timeout_s: int = Field(
-        600,
-        gt=0,
+        DEFAULT_START_TIMEOUT_S,
         description="Give up on a scheduled pod none of whose containers started in this long (image pull, "
         f"volume mount) (${START_TIMEOUT_ENV}).",
     )
@@ -895,9 +895,19 @@ class KubernetesJobs(dg.ConfigurableResource):
 
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
         """Remember the run (its Jobs carry its id), and check the settings before any step."""
-        self._run_id = context.run_id
+        self._run_id = context.run.run_id if context.run is not None else None
         self.placement()
         self.check_settings()
+        for setting, value in (
+            (SCHEDULE_TIMEOUT_ENV, self.schedule_timeout_s),
+            (START_TIMEOUT_ENV, self.start_timeout_s),
+        ):
+            if value <= 0:
+                raise ValueError(f"{setting}={value}: must be a number of seconds above 0")
+        try:
+            self.cluster.configuration()  # read locally: nothing is sent to the cluster yet
+        except KubernetesError as exc:
+            raise ValueError(f"the Kubernetes builder and runner need a cluster: {exc}") from exc
 
     def check_settings(self) -> None:
         """Overridden to parse each implementation's own settings."""

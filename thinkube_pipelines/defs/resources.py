@@ -35,6 +35,8 @@ REGISTRATIONS: dict[str, tuple[str, ...]] = {
 """The values of THINKUBE_REGISTRATION and the targets each one writes, in the order they are written."""
 DEFAULT_REGISTRATION = CATALOG_TARGET
 DEFAULT_THINKUBE_CONTROL_NAMESPACE = "thinkube-control"
+KUBERNETES_BUILDER = "kubernetes"
+"""THINKUBE_BUILDER's value for the Kubernetes builder and runner: the `cluster` environment's default."""
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 
 
@@ -131,6 +133,15 @@ def _truthy(name: str) -> bool:
     return (os.environ.get(name) or "").lower() in ("1", "true", "yes")
 
 
+def _flavor(default: str) -> str:
+    """THINKUBE_REGISTRY_FLAVOR's value, checked here: the field is a Literal, which a `dg.EnvVar` (a string
+    subclass holding the variable's name until the run resolves it) cannot pass."""
+    flavor = s.setting(s.REGISTRY_FLAVOR_ENV, default)
+    if flavor not in ("distribution", "harbor"):
+        raise ValueError(f"{s.REGISTRY_FLAVOR_ENV}={flavor!r}: expected 'distribution' or 'harbor'")
+    return flavor
+
+
 def _registry(**extra: Any) -> Registry:
     """The registry with credentials by reference: required unless anonymous access is configured."""
     anonymous = _truthy(s.REGISTRY_ANONYMOUS_ENV)
@@ -143,9 +154,55 @@ def _registry(**extra: Any) -> Registry:
     )
 
 
-def _builder_and_runner(default_storage: str) -> dict[str, Any]:
-    """The local builder and runner named by THINKUBE_BUILDER: buildah (no daemon) or the Docker engine."""
-    kind = os.environ.get(s.BUILDER_ENV) or "buildah"
+def _env_present(name: str, default: Any) -> Any:
+    """`dg.EnvVar(name)` while the variable is set, even to an empty value (which means "none" for the
+    settings that use this), else the default."""
+    return dg.EnvVar(name) if name in os.environ else default
+
+
+def _env_int(name: str, default: int) -> Any:
+    return dg.EnvVar.int(name) if os.environ.get(name) else default
+
+
+def _kubernetes_builder_and_runner() -> dict[str, Any]:
+    """The Kubernetes builder and runner: every build a BuildKit Job, every check a Job, in the cluster
+    $KUBECONFIG names (else ~/.kube/config, else the pod's ServiceAccount), in $THINKUBE_JOBS_NAMESPACE
+    (else the context's namespace; in a pod its own)."""
+    from thinkube_pipelines.builders import kubernetes as k
+
+    cache = s.setting(k.BUILD_CACHE_ENV, "registry")
+    if cache not in ("registry", "none"):
+        raise ValueError(f"{k.BUILD_CACHE_ENV}={cache!r}: expected 'registry' or 'none'")
+    jobs: dict[str, Any] = {
+        "cluster": KubernetesCluster(
+            kubeconfig=env_setting(KUBECONFIG_ENV, None),
+            namespace=env_setting(k.JOBS_NAMESPACE_ENV, None),
+        ),
+        "registry_secret": env_setting(k.BUILD_REGISTRY_SECRET_ENV, k.DEFAULT_REGISTRY_SECRET),
+        "ca_configmap": env_setting(k.REGISTRY_CA_CONFIGMAP_ENV, k.DEFAULT_CA_CONFIGMAP),
+        "node_selector": _env_present(k.JOB_NODE_SELECTOR_ENV, k.DEFAULT_NODE_SELECTOR),
+        "tolerations": _env_present(k.JOB_TOLERATIONS_ENV, k.DEFAULT_TOLERATIONS),
+        "schedule_timeout_s": _env_int(k.SCHEDULE_TIMEOUT_ENV, k.DEFAULT_SCHEDULE_TIMEOUT_S),
+        "start_timeout_s": _env_int(k.START_TIMEOUT_ENV, k.DEFAULT_START_TIMEOUT_S),
+    }
+    return {
+        "builder": k.KubernetesBuilder(
+            **jobs,
+            build_resources=env_setting(k.BUILD_RESOURCES_ENV, ""),
+            registry_cache=cache == "registry",
+            buildkit_image=env_setting(k.BUILDKIT_IMAGE_ENV, k.BUILDKIT_IMAGE),
+            context_fetch_image=env_setting(k.CONTEXT_FETCH_IMAGE_ENV, k.CONTEXT_FETCH_IMAGE),
+        ),
+        "runner": k.KubernetesRunner(**jobs, check_resources=env_setting(k.CHECK_RESOURCES_ENV, "")),
+    }
+
+
+def _builder_and_runner(default_storage: str, default_kind: str = "buildah") -> dict[str, Any]:
+    """The builder and runner THINKUBE_BUILDER names: `buildah` (no daemon), `docker` (the engine at
+    DOCKER_HOST) or `kubernetes` (Jobs in the cluster); `default_kind` while it is unset."""
+    kind = os.environ.get(s.BUILDER_ENV) or default_kind
+    if kind == KUBERNETES_BUILDER:
+        return _kubernetes_builder_and_runner()
     if kind == "buildah":
         from thinkube_pipelines.builders.buildah import BuildahBuilder, BuildahRunner
 
@@ -162,7 +219,9 @@ def _builder_and_runner(default_storage: str) -> dict[str, Any]:
 
         host = env_setting(s.DOCKER_HOST_ENV, None)
         return {"builder": DockerBuilder(docker_host=host), "runner": DockerRunner(docker_host=host)}
-    raise ValueError(f"{s.BUILDER_ENV}={kind!r}: unknown builder; expected 'buildah' or 'docker'")
+    raise ValueError(
+        f"{s.BUILDER_ENV}={kind!r}: unknown builder; expected 'buildah', 'docker' or '{KUBERNETES_BUILDER}'"
+    )
 
 
 def _catalog(url: Any) -> CatalogResource:
@@ -199,7 +258,7 @@ def local_resources() -> dict[str, Any]:
         **_builder_and_runner(str(s.state_dir())),
         "registry": _registry(
             url=env_setting(s.REGISTRY_URL_ENV, s.DEFAULT_REGISTRY_URL),
-            flavor=env_setting(s.REGISTRY_FLAVOR_ENV, "distribution"),
+            flavor=_flavor("distribution"),
         ),
         "catalog": _catalog(env_setting(s.CATALOG_URL_ENV, s.DEFAULT_CATALOG_URL)),
         "build_settings": _build_settings(),
@@ -207,19 +266,15 @@ def local_resources() -> dict[str, Any]:
 
 
 def cluster_resources() -> dict[str, Any]:
-    """The cluster: Harbor over HTTPS with the platform's CA and a robot account, the catalog service with
-    its token and/or thinkube-control's discovery ConfigMaps (THINKUBE_REGISTRATION; in a pod the
-    Kubernetes API is reached with the pod's ServiceAccount). Registry and catalog URLs have no default
-    here: each must be configured (the catalog's only when it is a target).
-
-    Until the Kubernetes BuildKit builder and runner arrive, builds run in the run's own pod with the
-    builder THINKUBE_BUILDER names (buildah needs a privileged pod; the Docker engine a reachable daemon).
-    """
+    """The cluster: builds as BuildKit Jobs and checks as Jobs on the GPU nodes (the Kubernetes builder
+    and runner; THINKUBE_BUILDER may still name a local one), Harbor over HTTPS with the platform's CA and a
+    robot account, the catalog service with its token and/or thinkube-control's discovery ConfigMaps
+    (THINKUBE_REGISTRATION; in a pod the Kubernetes API is reached with the pod's ServiceAccount). Registry
+    and catalog URLs have no default here: each must be configured (the catalog's only when it is a
+    target)."""
     return {
-        **_builder_and_runner(str(s.state_dir())),
-        "registry": _registry(
-            url=dg.EnvVar(s.REGISTRY_URL_ENV), flavor=env_setting(s.REGISTRY_FLAVOR_ENV, "harbor")
-        ),
+        **_builder_and_runner(str(s.state_dir()), default_kind=KUBERNETES_BUILDER),
+        "registry": _registry(url=dg.EnvVar(s.REGISTRY_URL_ENV), flavor=_flavor("harbor")),
         "catalog": _catalog(dg.EnvVar(s.CATALOG_URL_ENV)),
         "build_settings": _build_settings(),
     }

@@ -1,0 +1,284 @@
+"""The image graph's materializations in the `cluster` environment, chosen by configuration alone: every
+build a BuildKit Job and every check a Job in the API simulator's GPU cluster, the real registry, and
+thinkube-control registration through the same simulator.
+
+`resources_for_environment("cluster")` picks the Kubernetes builder and runner (THINKUBE_BUILDER unset) from
+the environment a run pod would have: KUBECONFIG (the simulator's), THINKUBE_JOBS_NAMESPACE, the registry
+settings. The simulator's exec hook (tests/fixtures/buildkit_hook.py) carries out the build container with
+the local buildah builder from the Job's own spec (context blob, buildctl arguments, pushed name) and the
+check container with the buildah runner, so the rest of the chain finds real images in the real registry.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import sys
+import uuid
+from pathlib import Path
+
+import dagster as dg
+import pytest
+from kubernetes import client as k8s
+
+from tests.fixtures.buildah import HOST_CA_BUNDLE
+from tests.fixtures.buildkit_hook import hook_env, oras_shim
+from tests.test_builder_kubernetes import BUILD_SELECTOR, CHECK_SELECTOR, GPU_NODES, docker_config_secret
+from tests.test_image_pipeline import check_results, failure_message, materialization
+from thinkube_pipelines.builders.kubernetes import KubernetesBuilder, KubernetesRunner
+from thinkube_pipelines.defs.images.assets import image_assets
+from thinkube_pipelines.defs.resources import resources_for_environment
+from thinkube_pipelines.images import load_image_definitions
+from thinkube_pipelines.images.lock import PLATFORM, LockInputs, render_lock, sha256_text
+from thinkube_pipelines.kubernetes.common import GPU_RESOURCE
+from thinkube_pipelines.registry.client import RegistryClient
+
+ROOT = "tk-kube"
+GPU_CHILD = "tk-kube-gpu"
+
+ROOT_DOCKERFILE = """\
+ARG BASE_IMAGE
+FROM ${BASE_IMAGE}
+RUN ln -sf /usr/bin/python3 /usr/local/bin/python \\
+ && printf '#!/bin/sh\\necho jupyterhub-singleuser stand-in\\n' > /usr/local/bin/jupyterhub-singleuser \\
+ && chmod 0755 /usr/local/bin/jupyterhub-singleuser
+"""
+GPU_DOCKERFILE = """\
+ARG PARENT_IMAGE
+FROM ${PARENT_IMAGE}
+COPY gpu-check /usr/local/bin/gpu-check
+RUN chmod 0755 /usr/local/bin/gpu-check
+"""
+GPU_CHECK = """\
+#!/bin/sh
+# No GPU on this machine: what the real gpu-check says and does where torch sees no CUDA device.
+echo "gpu-check: FAIL: no CUDA device (torch.cuda.is_available() is False)" >&2
+exit 1
+"""
+
+
+def write_images(root: Path) -> Path:
+    """A root image (the Debian base, a python and a jupyterhub-singleuser stand-in: the smoke check's
+    needs, nothing to download) and a GPU child with a gpu-check that fails, as it does without a GPU."""
+    images = root / "images"
+    base = (
+        "docker.io/library/python:3.11-slim-bookworm"
+        "@sha256:2e32f7d302adc1c37428355c1e646897c0c53f4fd60b6a551245fb90ee129f91"
+    )
+    folder = images / ROOT
+    folder.mkdir(parents=True)
+    (folder / "Dockerfile").write_text(ROOT_DOCKERFILE)
+    (folder / "requirements.txt").write_text("")
+    (folder / "requirements.lock").write_text(
+        render_lock(LockInputs("3.11", PLATFORM, sha256_text(b""), ()), "")
+    )
+    (folder / "image.yaml").write_text(
+        f"name: {ROOT}\ndisplay_name: Kubernetes test root\ndescription: Built by a BuildKit Job.\n"
+        f"gpu_required: false\ncpu_limit: 1\nmem_limit: 1G\nbase:\n  image: {base}\n  python: '3.11'\n"
+    )
+    child = images / GPU_CHILD
+    child.mkdir()
+    (child / "Dockerfile").write_text(GPU_DOCKERFILE)
+    (child / "gpu-check").write_text(GPU_CHECK)
+    (child / "gpu-check").chmod(0o755)
+    (child / "requirements.txt").write_text("")
+    inputs = LockInputs(
+        "3.11",
+        PLATFORM,
+        sha256_text(b""),
+        ((ROOT, sha256_text((folder / "requirements.lock").read_bytes())),),
+    )
+    (child / "requirements.lock").write_text(render_lock(inputs, ""))
+    (child / "image.yaml").write_text(
+        f"name: {GPU_CHILD}\ndisplay_name: Kubernetes test GPU child\ndescription: Needs a GPU.\n"
+        f"gpu_required: true\ncpu_limit: 1\nmem_limit: 1G\nparent: {ROOT}\n"
+    )
+    load_image_definitions(images)  # the definitions and their locks are sound
+    return images
+
+
+@pytest.fixture
+def cluster_env(monkeypatch, tmp_path, k8s_cluster, k8s_namespace, core, registry, registry_debian_base):
+    """The environment of a run pod of the cluster, pointing at the simulator and the test registry."""
+    for name in [n for n in os.environ if n.startswith("THINKUBE_") and "TEST" not in n]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("KUBECONFIG", str(k8s_cluster.kubeconfig))
+    monkeypatch.setenv("THINKUBE_STATE_DIR", str(tmp_path / "state"))
+    monkeypatch.setenv("THINKUBE_JOBS_NAMESPACE", k8s_namespace)
+    monkeypatch.setenv("THINKUBE_REGISTRY_URL", registry.url)
+    monkeypatch.setenv("THINKUBE_REGISTRY_FLAVOR", "distribution")
+    monkeypatch.setenv("THINKUBE_REGISTRY_PROJECT", f"k8s{uuid.uuid4().hex[:6]}")
+    monkeypatch.setenv("THINKUBE_REGISTRY_USERNAME", registry.username)
+    monkeypatch.setenv("THINKUBE_REGISTRY_PASSWORD", registry.password)
+    monkeypatch.setenv("THINKUBE_BASE_MIRROR", registry_debian_base)
+    monkeypatch.setenv("THINKUBE_REGISTRATION", "thinkube-control")
+    monkeypatch.setenv("THINKUBE_CONTROL_NAMESPACE", k8s_namespace)
+    docker_config_secret(core, k8s_namespace, registry)
+    return monkeypatch
+
+
+@pytest.fixture
+def core(k8s_api) -> k8s.CoreV1Api:
+    return k8s.CoreV1Api(k8s_api)
+
+
+@pytest.fixture
+def batch(k8s_api) -> k8s.BatchV1Api:
+    return k8s.BatchV1Api(k8s_api)
+
+
+@pytest.fixture
+def hooks(k8s_sim, buildah_storage, registry, tmp_path):
+    """The init container's own script (with an `oras` stand-in), build containers built by buildah, check
+    containers run by buildah, here."""
+    command = [sys.executable, "-m", "tests.fixtures.buildkit_hook"]
+    env = hook_env(buildah_storage, str(HOST_CA_BUNDLE) if HOST_CA_BUNDLE.is_file() else None)
+    env["PATH"] = os.environ["PATH"]
+    if shutil.which("buildah") is None:
+        pytest.fail("buildah not found: install the Debian package buildah", pytrace=False)
+    shim = oras_shim(tmp_path / "oras-bin")
+    k8s_sim.hook(
+        r"oras-project/oras", ["env"], env={**env, "PATH": f"{shim}:{env['PATH']}"}, container="context"
+    )
+    k8s_sim.hook(r"moby/buildkit", [*command, "build"], env=env, container="buildkit")
+    k8s_sim.hook("^" + re.escape(registry.host) + "/", [*command, "run"], env=env, container="check")
+    return k8s_sim
+
+
+def materialize(images: Path, *keys: str, instance=None) -> dg.ExecuteInProcessResult:
+    return dg.materialize(
+        image_assets(load_image_definitions(images)),
+        selection=[dg.AssetKey(k.split("/")) for k in keys] if keys else None,
+        resources=resources_for_environment("cluster"),
+        instance=instance or dg.DagsterInstance.ephemeral(),
+        raise_on_error=False,
+    )
+
+
+def scheduled_nodes(core: k8s.CoreV1Api, namespace: str, prefix: str) -> set[str]:
+    return {
+        e.message.rsplit(" ", 1)[1]
+        for e in core.list_namespaced_event(namespace).items
+        if e.reason == "Scheduled" and e.involved_object.name.startswith(prefix)
+    }
+
+
+def test_the_cluster_environment_picks_the_kubernetes_builder_and_runner_by_configuration(cluster_env):
+    resources = resources_for_environment("cluster")
+    builder, runner = resources["builder"], resources["runner"]
+    assert isinstance(builder, KubernetesBuilder) and isinstance(runner, KubernetesRunner)
+    assert builder.node_selector == "nvidia.com/gpu.present=true"
+    assert builder.tolerations == "nvidia.com/gpu:NoSchedule"
+    assert builder.registry_secret == "thinkube-registry-docker-config"
+    cluster_env.setenv("THINKUBE_JOB_NODE_SELECTOR", "")  # empty: any node
+    cluster_env.setenv("THINKUBE_JOB_TOLERATIONS", "nvidia.com/gpu,dedicated=builds:NoSchedule")
+    cluster_env.setenv("THINKUBE_BUILD_RESOURCES", "memory=16Gi/64Gi")
+    cluster_env.setenv("THINKUBE_JOB_SCHEDULE_TIMEOUT_S", "120")
+    cluster_env.setenv("THINKUBE_BUILD_CACHE", "none")
+    with resources_for_environment("cluster")["builder"].process_config_and_initialize_cm() as builder:
+        assert builder.placement().node_selector == {}
+        assert [t.key for t in builder.placement().tolerations] == ["nvidia.com/gpu", "dedicated"]
+        assert builder.resources().memory_limit == "64Gi"
+        assert builder.schedule_timeout_s == 120 and builder.registry_cache is False
+        assert builder.namespace() == os.environ["THINKUBE_JOBS_NAMESPACE"]
+    cluster_env.setenv("THINKUBE_BUILDER", "buildah")  # a local builder in the run's own pod, if wanted
+    assert type(resources_for_environment("cluster")["builder"]).__name__ == "BuildahBuilder"
+    cluster_env.setenv("THINKUBE_BUILDER", "kubernetes")
+    cluster_env.setenv("THINKUBE_BUILD_RESOURCES", "gpu=1")
+    builder = resources_for_environment("cluster")["builder"]
+    with (
+        pytest.raises(ValueError, match="THINKUBE_BUILD_RESOURCES: resources 'gpu=1'"),
+        builder.process_config_and_initialize_cm(),
+    ):
+        pass
+
+
+def test_the_graph_builds_checks_publishes_and_registers_through_kubernetes_jobs(
+    cluster_env, hooks, tmp_path, core, batch, registry, k8s_namespace
+):
+    images = write_images(tmp_path)
+    instance = dg.DagsterInstance.ephemeral()
+    keys = [f"{ROOT}/{part}" for part in ("source", "build", "published", "catalog_entry")]
+    result = materialize(images, *keys, instance=instance)
+    assert result.success, failure_message(result)
+
+    build = materialization(result, f"{ROOT}/build").metadata
+    digest = build["digest"].value
+    project = os.environ["THINKUBE_REGISTRY_PROJECT"]
+    client = RegistryClient(registry.url, registry.username, registry.password)
+    assert client.digest_of(f"{project}/{ROOT}", build["build_tag"].value) == digest  # pushed by the Job
+    assert client.digest_of(f"{project}/{ROOT}", "latest") == digest  # published
+    assert check_results(result)[f"{ROOT}/build"].passed  # the smoke check ran as a Job
+    assert "STEP" in build["log_tail"].value  # the build's own log, streamed from the Job's pod
+    messages = [r.user_message or "" for r in instance.all_logs(result.run_id)]
+    assert any("STEP 2/3: RUN ln -sf" in m for m in messages)  # a build milestone reached the event log
+
+    # Both Jobs ran on GPU nodes, and are gone: they succeeded.
+    assert scheduled_nodes(core, k8s_namespace, "build-tk-kube-") <= GPU_NODES
+    assert scheduled_nodes(core, k8s_namespace, "smoke-tk-kube-") <= GPU_NODES
+    assert scheduled_nodes(core, k8s_namespace, "build-tk-kube-") and scheduled_nodes(
+        core, k8s_namespace, "smoke-"
+    )
+    assert not batch.list_namespaced_job(k8s_namespace, label_selector=BUILD_SELECTOR).items
+    assert not batch.list_namespaced_job(k8s_namespace, label_selector=CHECK_SELECTOR).items
+
+    # Registered in thinkube-control: its discovery ConfigMap, in the same cluster.
+    [configmap] = core.list_namespaced_config_map(
+        k8s_namespace, label_selector="thinkube.io/image-manifest=true"
+    ).items
+    [entry] = json.loads(configmap.data["manifest.json"])["images"]
+    assert entry["digest"] == digest and entry["name"] == ROOT
+
+
+def test_a_build_killed_by_oom_fails_the_step_naming_job_pod_node_and_nothing_is_published(
+    cluster_env, k8s_sim, tmp_path, batch, k8s_namespace
+):
+    images = write_images(tmp_path)
+    k8s_sim.script(
+        [
+            {
+                "containers": {
+                    "buildkit": {"fault": "OOMKilled", "durationSeconds": 0.2, "logs": ["#7 [2/2] RUN make"]}
+                }
+            }
+        ],
+        namespace=k8s_namespace,
+        selector=BUILD_SELECTOR,
+    )
+    result = materialize(images, f"{ROOT}/source", f"{ROOT}/build", f"{ROOT}/published")
+    assert not result.success
+    message = failure_message(result)
+    [job] = batch.list_namespaced_job(k8s_namespace, label_selector=BUILD_SELECTOR).items  # kept
+    assert f"at build Job {k8s_namespace}/{job.metadata.name}" in message
+    assert re.search(
+        r"pod build-tk-kube-\S+ on node gpu-node-\d: container buildkit OOMKilled \(exit code 137\)", message
+    )
+    assert "memory limit (32Gi)" in message
+    assert not [
+        e for e in result.get_asset_materialization_events() if e.asset_key.path[-1] in ("build", "published")
+    ]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="the image graph has no GPU test yet: checks.py's smoke check only looks for `gpu-check` (no "
+    "GPU), so a failing GPU test cannot block publish until a blocking GPU check runs it with gpus=1",
+)
+def test_a_failing_gpu_test_blocks_publish(cluster_env, hooks, tmp_path, core, batch, k8s_namespace):
+    images = write_images(tmp_path)
+    result = materialize(images)
+    published = {"/".join(e.asset_key.path) for e in result.get_asset_materialization_events()}
+    assert f"{ROOT}/published" in published
+    [job] = batch.list_namespaced_job(
+        k8s_namespace, label_selector=f"{CHECK_SELECTOR},thinkube.io/check=gpu"
+    ).items
+    [pod] = core.list_namespaced_pod(
+        k8s_namespace, label_selector=f"batch.kubernetes.io/job-name={job.metadata.name}"
+    ).items
+    assert pod.spec.containers[0].resources.limits[GPU_RESOURCE] == "1"
+    assert any(t.key == GPU_RESOURCE for t in pod.spec.tolerations)
+    assert f"{GPU_CHILD}/published" not in published
+    assert "no CUDA device" in failure_message(result)
