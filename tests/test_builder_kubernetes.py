@@ -628,3 +628,42 @@ def test_a_check_past_its_time_limit_is_124_and_its_job_deleted(
     assert result.returncode == 124
     assert result.output.startswith("still importing\n")
     wait_until(lambda: not jobs(batch, namespace, CHECK_SELECTOR))
+
+
+def test_a_build_on_a_lost_node_is_replaced_on_another_gpu_node(k8s_cluster, build, k8s_sim, namespace):
+    """Non-graceful node shutdown: the operator taints the dead node out-of-service, the taint manager evicts
+    the pod (DisruptionTarget), PodGC force-deletes it; the Job's policy ignores the disruption."""
+    digest = build.push()
+    build.script(
+        {"containers": {BUILDKIT_CONTAINER: {"durationSeconds": 60, "logs": ["#1 on the doomed node"]}}},
+        build.succeed(digest, ["#1 on another node"]),
+    )
+    lines: list[str] = []
+    lost: list[str] = []
+
+    def on_line(line: str) -> None:
+        lines.append(line)
+        if " scheduled on node " in line and not lost:
+            lost.append(line.rsplit(" ", 1)[1])
+        if line == "#1 on the doomed node":
+            k8s_sim.lose_node(lost[0], out_of_service=True)
+
+    result = builder(k8s_cluster, namespace, backoff_limit=0).build(build.request, on_line=on_line)
+    assert result.digest == digest
+    nodes = [line.rsplit(" ", 1)[1] for line in lines if " scheduled on node " in line]
+    assert len(nodes) == 2 and nodes[1] != lost[0] and set(nodes) <= GPU_NODES
+    assert any("DeletionByTaintManager" in line or "DisruptionTarget" in line for line in lines), lines
+
+
+def test_an_interrupted_check_deletes_its_job(k8s_cluster, k8s_sim, namespace, registry, batch):
+    k8s_sim.script(
+        [{"logs": ["importing"], "durationSeconds": 60}], namespace=namespace, selector=CHECK_SELECTOR
+    )
+
+    def on_line(line: str) -> None:
+        if line == "importing":
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        runner(k8s_cluster, namespace).run(check_request(registry, DIGEST), on_line=on_line)
+    wait_until(lambda: not jobs(batch, namespace, CHECK_SELECTOR))
