@@ -667,3 +667,41 @@ def test_an_interrupted_check_deletes_its_job(k8s_cluster, k8s_sim, namespace, r
     with pytest.raises(KeyboardInterrupt):
         runner(k8s_cluster, namespace).run(check_request(registry, DIGEST), on_line=on_line)
     wait_until(lambda: not jobs(batch, namespace, CHECK_SELECTOR))
+
+
+def test_a_pod_the_job_controller_cannot_create_fails_naming_failed_create(
+    k8s_cluster, build, core, batch, namespace
+):
+    """A pod the API refuses (PodSecurity admission, a ResourceQuota) never appears: the Job controller
+    records a FailedCreate Warning event on the Job. The simulator admits every pod, so the test suspends
+    the Job (no pods) and records the event the controller would."""
+    lines: list[str] = []
+
+    def on_line(line: str) -> None:
+        lines.append(line)
+        if line.startswith("[kubernetes] created build Job"):
+            [job] = jobs(batch, namespace)
+            batch.patch_namespaced_job(job.metadata.name, namespace, {"spec": {"suspend": True}})
+            forbidden = (
+                f'Error creating: pods "{job.metadata.name}-x" is forbidden: violates PodSecurity '
+                '"restricted:latest": seccompProfile (container "buildkit" must not set type to "Unconfined")'
+            )
+            involved = {"kind": "Job", "name": job.metadata.name, "namespace": namespace}
+            core.create_namespaced_event(
+                namespace,
+                {
+                    "metadata": {"name": f"{job.metadata.name}.failedcreate"},
+                    "involvedObject": {**involved, "apiVersion": "batch/v1", "uid": job.metadata.uid},
+                    "reason": "FailedCreate",
+                    "message": forbidden,
+                    "type": "Warning",
+                    "source": {"component": "job-controller"},
+                    "count": 1,
+                },
+            )
+
+    with pytest.raises(BuildError) as failed:
+        builder(k8s_cluster, namespace).build(build.request, on_line=on_line)
+    message = str(failed.value)
+    assert "the Job controller cannot create its pod: FailedCreate: Error creating: pods" in message
+    assert 'violates PodSecurity "restricted:latest"' in message

@@ -162,6 +162,10 @@ FAILED_GRACE_S = 15.0
 """After FailureTarget, how long to wait for the Job's Failed condition (its pods to be terminated)."""
 LOG_DRAIN_S = 10.0
 """After the Job finished, how long to wait for the rest of its log streams."""
+FAILED_CREATE_CHECK_S = 5.0
+"""While a Job has no pod, how often its Warning events are read (FailedCreate: quota, PodSecurity)."""
+DEFAULT_API_OUTAGE_S = 600.0
+"""Give up following a Job whose API server has not answered for this long."""
 NEVER_STARTS = frozenset({"InvalidImageName", "CreateContainerConfigError", "ErrImageNeverPull"})
 """Container waiting reasons that no amount of waiting fixes."""
 PULL_FAILURES = frozenset({"ErrImagePull", "ImagePullBackOff"})
@@ -405,6 +409,7 @@ class JobFollower:
         api_timeout_s: float = 30.0,
         command_container: str | None = None,
         command_timeout_s: float | None = None,
+        api_outage_s: float = DEFAULT_API_OUTAGE_S,
     ) -> None:
         from kubernetes.client import BatchV1Api, CoreV1Api
 
@@ -422,6 +427,7 @@ class JobFollower:
         self.api_timeout_s = api_timeout_s
         self.command_container = command_container
         self.command_timeout_s = command_timeout_s
+        self.api_outage_s = api_outage_s
         self.what = f'Job "{self.name}" in namespace "{self.namespace}" of {cluster}'
         self.lines: list[str] = []
         """Every log line of the followed containers, in the order they came."""
@@ -434,6 +440,8 @@ class JobFollower:
         self._responses: set[Any] = set()
         self._lock = threading.Lock()
         self._created_at = time.monotonic()
+        self._api_ok_at = self._created_at
+        self._events_checked_at = 0.0
         self._first_seen: dict[str, float] = {}
         self._scheduled_at: dict[str, float] = {}
         self._running_since: dict[str, float] = {}
@@ -606,9 +614,21 @@ class JobFollower:
                 )
             ):
                 return self._outcome("timed_out", f"ran longer than {self.command_timeout_s:g} s", pod)
-        if not self.pods and now - self._created_at > self.start_timeout_s:
-            event = self._last_warning("Job", self.name)
-            return self._outcome("stuck", f"no pod was created: {event or 'no event says why'}")
+        if not self.pods and now - self._created_at > FAILED_CREATE_CHECK_S:
+            late = now - self._created_at > self.start_timeout_s
+            if late or now - self._events_checked_at > FAILED_CREATE_CHECK_S:
+                self._events_checked_at = now
+                event = self._last_warning("Job", self.name)
+                if event and event.startswith("FailedCreate"):
+                    return self._outcome("stuck", f"the Job controller cannot create its pod: {event}")
+                if late:
+                    return self._outcome("stuck", f"no pod was created: {event or 'no event says why'}")
+        if now - self._api_ok_at > self.api_outage_s:
+            return self._outcome(
+                "lost",
+                f"the API server has not answered for {now - self._api_ok_at:.0f} s; the Job was left as it "
+                "is (it may still run)",
+            )
         return None
 
     def _outcome(self, status: str, reason: str, pod: dict[str, Any] | None = None) -> JobOutcome:
@@ -739,6 +759,7 @@ class JobFollower:
                         f"{kind}s of {self.what}",
                     )
                     version = listed["metadata"].get("resourceVersion")
+                    self._api_ok_at = time.monotonic()
                     for obj in listed.get("items") or []:
                         self._queue.put((kind, "ADDED", obj))
                 response = list_fn(
@@ -751,8 +772,10 @@ class JobFollower:
                     _request_timeout=(self.api_timeout_s, WATCH_S + 30),
                 )
                 self._track(response)
+                self._api_ok_at = watched = time.monotonic()
                 try:
                     for line in _iter_lines(response):
+                        self._api_ok_at = time.monotonic()
                         if not line.strip():
                             continue
                         event = json.loads(line)
@@ -768,6 +791,8 @@ class JobFollower:
                 finally:
                     self._untrack(response)
                 failures = 0
+                if time.monotonic() - watched < 0.5:  # closed at once: do not spin
+                    self._stop.wait(0.5)
             except (KubernetesError, ApiException, HTTPError, OSError, ValueError) as exc:
                 if self._stop.is_set():
                     return
@@ -1251,7 +1276,7 @@ class KubernetesBuilder(KubernetesJobs, ImageBuilder):
                 what = f"deleting the Job failed too: {exc}"
             sink(f"{LOG_PREFIX}{outcome.reason}")
             return f"the build never started: {outcome.reason}; {what}.{earlier}"
-        if outcome.status == "deleted":
+        if outcome.status in ("deleted", "lost"):
             return f"{outcome.reason}.{earlier}"
         detail = f"{pod}; " if pod else ""
         return f"the build Job failed ({outcome.reason}): {detail}{_kept(namespace, job_name)}.{earlier}"
@@ -1411,7 +1436,7 @@ class KubernetesRunner(KubernetesJobs, ImageRunner):
                 f"deleted): {outcome.reason}.{earlier}"
             )
         state = ((_container_status(outcome.pod, RUN_CONTAINER) or {}).get("state") or {}).get("terminated")
-        if state is None or outcome.status == "deleted":
+        if state is None or outcome.status in ("deleted", "lost"):
             pod = describe_pod(outcome.pod) if outcome.pod is not None else "no pod ran"
             raise RunError(
                 f"the {spec.check} check of {spec.image} did not run to its end (Job {namespace}/{job_name}: "
