@@ -518,3 +518,149 @@ def test_helm_install_and_upgrade_wait_of_the_jupyterhub_chart(
     assert "REVISION: 2" in upgrade.stdout
     secrets = release_secrets(sim, namespace, "hub")
     assert [s["metadata"]["labels"]["status"] for s in secrets] == ["superseded", "deployed"]
+
+
+# -- the server side of apply and patch, through the API (what the binaries above rely on) -----------------
+
+
+def _deployment(containers: list[dict[str, Any]], replicas: int | None = None) -> dict[str, Any]:
+    spec: dict[str, Any] = {
+        "selector": {"matchLabels": {"app": "d"}},
+        "template": {"metadata": {"labels": {"app": "d"}}, "spec": {"containers": containers}},
+    }
+    if replicas is not None:
+        spec["replicas"] = replicas
+    return {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "d"}, "spec": spec}
+
+
+def _apply(sim: RunningSimulator, namespace: str, body: dict[str, Any], **params: str) -> requests.Response:
+    return requests.patch(
+        f"{sim.url}/apis/apps/v1/namespaces/{namespace}/deployments/{body['metadata']['name']}",
+        params=params,
+        data=json.dumps(body),
+        headers={"Content-Type": "application/apply-patch+yaml"},
+        timeout=10,
+    )
+
+
+def _containers(obj: dict[str, Any]) -> list[tuple[str, Any]]:
+    return [(c["name"], c.get("env")) for c in obj["spec"]["template"]["spec"]["containers"]]
+
+
+def test_apply_merges_lists_by_key_and_prunes_what_the_applier_dropped(sim: RunningSimulator, namespace: str):
+    first = _deployment(
+        [{"name": "a", "image": "a:1", "env": [{"name": "A", "value": "1"}]}, {"name": "b", "image": "b:1"}],
+        2,
+    )
+    created = _apply(sim, namespace, first, fieldManager="one")
+    assert created.status_code == 201
+    # another manager adds an env var to container a: merged by name, each owns its own item
+    second = _deployment([{"name": "a", "image": "a:1", "env": [{"name": "B", "value": "2"}]}])
+    merged = _apply(sim, namespace, second, fieldManager="two").json()
+    assert _containers(merged) == [
+        ("a", [{"name": "A", "value": "1"}, {"name": "B", "value": "2"}]),
+        ("b", None),
+    ]
+    # "one" drops container b and env A: removed; B stays (owned by "two"); then replicas: back to default
+    pruned = _apply(
+        sim, namespace, _deployment([{"name": "a", "image": "a:1"}], 2), fieldManager="one"
+    ).json()
+    assert _containers(pruned) == [("a", [{"name": "B", "value": "2"}])]
+    defaulted = _apply(
+        sim, namespace, _deployment([{"name": "a", "image": "a:1"}]), fieldManager="one"
+    ).json()
+    assert defaulted["spec"]["replicas"] == 1
+    owners = managers(defaulted)
+    env = owners[("two", "Apply")]["f:spec"]["f:template"]["f:spec"]["f:containers"]['k:{"name":"a"}'][
+        "f:env"
+    ]
+    assert env == {'k:{"name":"B"}': {".": {}, "f:name": {}, "f:value": {}}}
+    assert owners[("one", "Apply")]["f:spec"]["f:selector"] == {}  # LabelSelector is an atomic map
+
+
+def test_apply_answers_as_the_real_server_for_bad_requests(sim: RunningSimulator, namespace: str):
+    unknown = _deployment([{"name": "a", "image": "a"}])
+    unknown["spec"]["foo"] = 1
+    response = _apply(sim, namespace, unknown, fieldManager="one")
+    assert response.status_code == 400
+    assert response.json()["message"] == (
+        "failed to create typed patch object (apps/v1, Kind=Deployment): "
+        ".spec.foo: field not declared in schema"
+    )
+    response = _apply(sim, namespace, _deployment([{"name": "a", "image": "a"}]))
+    assert (response.status_code, response.json()["message"]) == (
+        422,
+        'PatchOptions.meta.k8s.io "" is invalid: fieldManager: Required value: is required for apply patch',
+    )
+    dry = _apply(sim, namespace, _deployment([{"name": "a", "image": "a"}]), fieldManager="one", dryRun="All")
+    assert dry.status_code == 201
+    missing = requests.get(f"{sim.url}/apis/apps/v1/namespaces/{namespace}/deployments/d", timeout=10)
+    assert missing.status_code == 404
+    _apply(sim, namespace, _deployment([{"name": "a", "image": "a"}]), fieldManager="one")
+    response = requests.patch(
+        f"{sim.url}/apis/apps/v1/namespaces/{namespace}/deployments/d?force=true",
+        json={},
+        headers={"Content-Type": "application/merge-patch+json"},
+        timeout=10,
+    )
+    assert (response.status_code, response.json()["message"]) == (
+        422,
+        'PatchOptions.meta.k8s.io "" is invalid: force: Forbidden: may not be specified for non-apply patch',
+    )
+
+
+def test_an_update_makes_its_writer_an_owner_that_apply_conflicts_with(sim: RunningSimulator, namespace: str):
+    _apply(sim, namespace, _deployment([{"name": "a", "image": "a"}], 2), fieldManager="one")
+    url = f"{sim.url}/apis/apps/v1/namespaces/{namespace}/deployments/d"
+    current = requests.get(url, timeout=10).json()
+    current["spec"]["replicas"] = 5
+    assert requests.put(f"{url}?fieldManager=editor", json=current, timeout=10).status_code == 200
+    edited = requests.get(url, timeout=10).json()
+    assert managers(edited)[("editor", "Update")] == {"f:spec": {"f:replicas": {}}}
+    assert "f:replicas" not in managers(edited)[("one", "Apply")]["f:spec"]
+    response = _apply(sim, namespace, _deployment([{"name": "a", "image": "a"}], 3), fieldManager="one")
+    assert response.status_code == 409
+    assert response.json()["message"] == (
+        'Apply failed with 1 conflict: conflict with "editor" using apps/v1: .spec.replicas'
+    )
+    # managedFields: [{}] clears them (https://kubernetes.io/docs/reference/using-api/server-side-apply/)
+    cleared = requests.patch(
+        url,
+        json={"metadata": {"managedFields": [{}]}},
+        headers={"Content-Type": "application/merge-patch+json"},
+    )
+    assert "managedFields" not in cleared.json()["metadata"]
+
+
+def test_strategic_merge_patch_merges_containers_by_name(sim: RunningSimulator, namespace: str):
+    _apply(sim, namespace, _deployment([{"name": "a", "image": "a:1"}]), fieldManager="one")
+    url = f"{sim.url}/apis/apps/v1/namespaces/{namespace}/deployments/d"
+
+    def patch(body: dict[str, Any]) -> list[tuple[str, str]]:
+        response = requests.patch(
+            url, json=body, headers={"Content-Type": "application/strategic-merge-patch+json"}, timeout=10
+        )
+        assert response.status_code == 200, response.text
+        return [(c["name"], c["image"]) for c in response.json()["spec"]["template"]["spec"]["containers"]]
+
+    def spec(**fields: Any) -> dict[str, Any]:
+        return {"spec": {"template": {"spec": fields}}}
+
+    assert patch(spec(containers=[{"name": "c", "image": "c:1"}])) == [("a", "a:1"), ("c", "c:1")]
+    order = [{"name": "c"}, {"name": "a"}]
+    body = spec(containers=[{"name": "a", "image": "a:2"}], **{"$setElementOrder/containers": order})
+    assert patch(body) == [("c", "c:1"), ("a", "a:2")]
+    assert patch(spec(containers=[{"name": "c", "$patch": "delete"}])) == [("a", "a:2")]
+
+
+def test_deletecollection_deletes_what_the_selector_matches(sim: RunningSimulator, namespace: str):
+    for name, tier in (("one", "web"), ("two", "web"), ("three", "db")):
+        body = {"metadata": {"name": name, "labels": {"tier": tier}}, "data": {}}
+        requests.post(f"{sim.url}/api/v1/namespaces/{namespace}/configmaps", json=body, timeout=10)
+    url = f"{sim.url}/api/v1/namespaces/{namespace}/configmaps"
+    response = requests.delete(url, params={"labelSelector": "tier=web"}, timeout=10)
+    assert response.status_code == 200
+    assert response.json()["kind"] == "ConfigMapList"
+    assert sorted(i["metadata"]["name"] for i in response.json()["items"]) == ["one", "two"]
+    left = requests.get(url, params={"labelSelector": "tier"}, timeout=10).json()["items"]
+    assert [i["metadata"]["name"] for i in left] == ["three"]

@@ -2,8 +2,10 @@
 
 The API: app.py (HTTP, pods/log, eviction, DELETE options), store.py (objects, resourceVersions, finalizers,
 graceful deletion, events), defaults.py (defaulting and mutating admission), validation.py (the real OpenAPI
-schemas and some API rules), resources.py (kinds and discovery), errors.py (Status bodies), faults.py (API
-faults), control.py (the `/_sim/...` control endpoints).
+schemas and some API rules), resources.py (kinds and discovery), openapi.py (the `/openapi/v2` and
+`/openapi/v3` documents), managed.py and typed.py (server-side apply and `metadata.managedFields`),
+patch.py (JSON, merge and strategic merge patches), protobuf.py (protobuf request bodies), errors.py
+(Status bodies), faults.py (API faults), control.py (the `/_sim/...` control endpoints).
 
 The cluster: cluster.py (seeds: `gpu-cluster`, a kubeadm control-plane node and three NVIDIA GPU nodes),
 runtime.py (the loop that runs the rest), scheduler.py, kubelet.py (pod lifecycle, scripted outcomes, logs,
@@ -15,5 +17,6 @@ Each module's docstring says what it does as the real component does, with the K
 follows, and what it simplifies.
 
 Run it with `python -m tests.k8s_sim --port N [--seed gpu-cluster]`; tests start it with
-`tests.fixtures.kubernetes` (fixtures `k8s_cluster`, `k8s_api`, `k8s_sim`, `k8s_namespace`).
+`tests.fixtures.kubernetes` (fixtures `k8s_cluster`, `k8s_api`, `k8s_sim`, `k8s_namespace`). The real
+kubectl and helm work against it through the fixture's kubeconfig (tests/test_k8s_helm_kubectl.py).
 """

@@ -2,27 +2,34 @@
 
 Served: the control endpoints `/_sim/...` (control.py: faults, scripts, hooks, node loss, evictions),
 discovery (`/api`, `/api/v1`, `/apis`, `/apis/<group>`, `/apis/<group>/<version>`, `/version`,
-`/healthz`, `/readyz`, `/livez`); for every resource in `resources.RESOURCES`: create (POST, 201), get,
-list (labelSelector, fieldSelector, limit/continue), replace (PUT), patch (merge, JSON patch; strategic merge
-applied as merge patch), delete (DELETE, with preconditions), and watch (`?watch=true`: one JSON event per
-line, ADDED/MODIFIED/DELETED/BOOKMARK/ERROR, from a resourceVersion, with `timeoutSeconds` and
-`allowWatchBookmarks`), plus `<resource>/status` (get, update, patch), `pods/log` (container, follow,
+`/healthz`, `/readyz`, `/livez`), the OpenAPI documents (`/openapi/v2`, `/openapi/v3`,
+`/openapi/v3/<group-version>`: openapi.py); for every resource in `resources.RESOURCES`: create (POST, 201),
+get, list (labelSelector, fieldSelector, limit/continue), replace (PUT), patch (JSON patch, merge patch,
+strategic merge patch by the schema's patch merge keys: patch.py; server-side apply,
+`application/apply-patch+yaml` with `fieldManager` and `force`, creating the object when it is missing
+(201): managed.py), delete (DELETE, with preconditions), deletecollection (DELETE on the collection, with
+the list's selectors), and watch (`?watch=true`: one JSON event per line, ADDED/MODIFIED/DELETED/BOOKMARK/
+ERROR, from a resourceVersion, with `timeoutSeconds` and `allowWatchBookmarks`; `sendInitialEvents=true`
+streams the current objects and ends them with the `k8s.io/initial-events-end` bookmark, as client-go's
+reflectors ask with the WatchListClient feature, on in client-go 1.37), plus `<resource>/status` (get,
+update, patch), `pods/log` (container, follow,
 tailLines, timestamps, sinceSeconds, limitBytes, previous: served as text/plain from the kubelet stand-in's
 record, with the kubelet's errors for containers that have not started) and `pods/eviction` (the Eviction
 API: 429 when a PodDisruptionBudget allows no disruption, else condition DisruptionTarget reason
 EvictionByEvictionAPI and a graceful delete). DELETE honours DeleteOptions (body or query):
 propagationPolicy (default Background, but Orphan for batch/v1 Jobs with the real API's warning),
-orphanDependents, gracePeriodSeconds, preconditions. `dryRun=All` is honoured. Faults injected through
-`/_sim/faults` (faults.py) apply before a request is served.
+orphanDependents, gracePeriodSeconds, preconditions. `dryRun=All` is honoured. Every write keeps
+`metadata.managedFields` (managed.py): the field manager is `fieldManager` or the User-Agent's product.
+Bodies are JSON, YAML, or protobuf for the kinds typed clients send that way (protobuf.py); answers are
+JSON (the clients accept it). Faults injected through `/_sim/faults` (faults.py) apply before a request is
+served.
 
 Status codes and Status bodies follow https://kubernetes.io/docs/reference/using-api/api-concepts/ (see
 `errors.py`).
 
-Not implemented yet: OpenAPI documents (`/openapi/v2`, `/openapi/v3`: helm and kubectl fetch them),
-server-side apply (`application/apply-patch+yaml`, managedFields), the real strategic merge, deletecollection,
-pods/binding, pods/exec, scale subresources, table output (`Accept: ...;as=Table`), protobuf,
-authentication/authorization (any client is admitted), finalizers and graceful deletion, garbage collection,
-`sendInitialEvents` watches, resourceVersionMatch.
+Not implemented yet: pods/binding, pods/exec, scale subresources, table output (`Accept: ...;as=Table`:
+`kubectl get` then prints names and ages only), protobuf answers, authentication/authorization (any client
+is admitted), resourceVersionMatch on lists.
 """
 
 from __future__ import annotations
@@ -417,11 +424,12 @@ class Simulator:
         items = []
         for obj in [o for o in self.store.list(resource, namespace) if matches(o)]:
             metadata = obj["metadata"]
+            ns = metadata.get("namespace", "")
             with contextlib.suppress(errors.ApiError):
-                answer = self._delete(
-                    request, resource, metadata.get("namespace", ""), metadata["name"], options or {}, dry_run
-                )
-                items.append(json.loads(answer.body))
+                self._delete(request, resource, ns, metadata["name"], options or {}, dry_run)
+                # the object as the deletion left it (still there, being deleted), or as it was
+                items.append(self.store.peek(resource, ns, metadata["name"]) or obj)
+        items = [copy.deepcopy(item) for item in items]
         for item in items:
             item.pop("kind", None)
             item.pop("apiVersion", None)
