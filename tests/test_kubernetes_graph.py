@@ -213,8 +213,16 @@ def test_the_graph_builds_checks_publishes_and_registers_through_kubernetes_jobs
     assert client.digest_of(f"{project}/{ROOT}", "latest") == digest  # published
     assert check_results(result)[f"{ROOT}/build"].passed  # the smoke check ran as a Job
     assert "STEP" in build["log_tail"].value  # the build's own log, streamed from the Job's pod
-    messages = [r.user_message or "" for r in instance.all_logs(result.run_id)]
-    assert any("STEP 2/3: RUN ln -sf" in m for m in messages)  # a build milestone reached the event log
+    records = instance.all_logs(result.run_id)
+    [step] = [r for r in records if "STEP 1/3: FROM " in (r.user_message or "")]  # a milestone
+    [built] = [
+        r
+        for r in records
+        if r.is_dagster_event
+        and r.dagster_event.event_type == dg.DagsterEventType.ASSET_MATERIALIZATION
+        and r.dagster_event.asset_key == dg.AssetKey([ROOT, "build"])
+    ]
+    assert built.timestamp - step.timestamp > 1.0, "log lines must arrive during the build, not at its end"
 
     # Both Jobs ran on GPU nodes, and are gone: they succeeded.
     assert scheduled_nodes(core, k8s_namespace, "build-tk-kube-") <= GPU_NODES
@@ -282,3 +290,36 @@ def test_a_failing_gpu_test_blocks_publish(cluster_env, hooks, tmp_path, core, b
     assert any(t.key == GPU_RESOURCE for t in pod.spec.tolerations)
     assert f"{GPU_CHILD}/published" not in published
     assert "no CUDA device" in failure_message(result)
+
+
+def test_an_evicted_build_pod_is_retried_by_its_job_and_the_image_is_published(
+    cluster_env, hooks, tmp_path, core, k8s_namespace, registry, capsys
+):
+    """The first build pod is evicted (node-pressure eviction) a second into its build; the Job's policy
+    ignores the disruption and its next pod builds the image for real."""
+    hooks.script(
+        [{"evictAfterSeconds": 1.0}, {}], namespace=k8s_namespace, selector=BUILD_SELECTOR, repeat=True
+    )
+    images = write_images(tmp_path)
+    instance = dg.DagsterInstance.ephemeral()
+    result = materialize(images, f"{ROOT}/source", f"{ROOT}/build", f"{ROOT}/published", instance=instance)
+    assert result.success, failure_message(result)
+    build = materialization(result, f"{ROOT}/build").metadata
+    assert "STEP" in build["log_tail"].value
+    pods = {
+        e.involved_object.name
+        for e in core.list_namespaced_event(k8s_namespace).items
+        if e.reason == "Scheduled"
+    }
+    assert len([p for p in pods if p.startswith("build-tk-kube-")]) == 2
+    captured = capsys.readouterr().out  # the step's captured stdout: every line of the build's log
+    [evicted] = [
+        line for line in captured.splitlines() if line.startswith("[kubernetes]") and "Evicted" in line
+    ]
+    assert (
+        "The node was low on resource: memory." in evicted
+        and "without counting it toward backoffLimit" in evicted
+    )
+    client = RegistryClient(registry.url, registry.username, registry.password)
+    project = os.environ["THINKUBE_REGISTRY_PROJECT"]
+    assert client.digest_of(f"{project}/{ROOT}", "latest") == build["digest"].value
