@@ -489,33 +489,63 @@ def test_helm_uninstall_removes_the_objects_and_the_release(
     wait_until(lambda: not get(sim, f"/api/v1/namespaces/{namespace}/pods")["items"], timeout_s=30)
 
 
+LOCAL_STORAGE_CLASS = """\
+apiVersion: storage.k8s.io/v1
+kind: StorageClass
+metadata:
+  name: local-path
+  annotations: {storageclass.kubernetes.io/is-default-class: "true"}
+provisioner: rancher.io/local-path
+volumeBindingMode: WaitForFirstConsumer
+reclaimPolicy: Delete
+"""
+
+
 @pytest.mark.skipif(not JUPYTERHUB_CHART.is_file(), reason=f"{JUPYTERHUB_CHART} is not on this machine")
 def test_helm_install_and_upgrade_wait_of_the_jupyterhub_chart(
-    sim: RunningSimulator, helm_bin: Path, env: dict[str, str], namespace: str, tmp_path: Path
+    sim: RunningSimulator,
+    helm_bin: Path,
+    kubectl_bin: Path,
+    env: dict[str, str],
+    namespace: str,
+    tmp_path: Path,
 ):
-    values = {
-        "scheduling": {
-            "corePods": {"tolerations": [GPU_TOLERATION]},
-            "userScheduler": {"enabled": False},
-            "userPlaceholder": {"enabled": False},
-        },
-        "prePuller": {"hook": {"enabled": False}, "continuous": {"enabled": False}},
-        "hub": {"db": {"type": "sqlite-memory"}},
-    }
+    """The chart with its defaults (hub database on a PVC, user-scheduler, image pullers and their
+    pre-upgrade hooks), its pods tolerating the GPU nodes' taint, on a cluster with a default StorageClass."""
+    storage_class = tmp_path / "storage-class.yaml"
+    storage_class.write_text(LOCAL_STORAGE_CLASS)
+    run(kubectl_bin, "apply", "--server-side", "-f", str(storage_class), env=env)
+    tolerations = {"tolerations": [GPU_TOLERATION]}
+    values = {"scheduling": {"corePods": tolerations, "userPods": tolerations}}
     args = ["-n", namespace, "-f", values_file(tmp_path, values), "--wait", "--timeout", "120s"]
     install = run(helm_bin, "install", "hub", str(JUPYTERHUB_CHART), *args, env=env)
     assert "STATUS: deployed" in install.stdout
-    for name in ("hub", "proxy"):
+    for name in ("hub", "proxy", "user-scheduler"):
         deployment = get(sim, f"/apis/apps/v1/namespaces/{namespace}/deployments/{name}")
-        assert deployment["status"]["availableReplicas"] == 1, name
+        assert deployment["status"]["availableReplicas"] == deployment["spec"]["replicas"], name
     for name in ("hub", "proxy-api", "proxy-public"):
         get(sim, f"/api/v1/namespaces/{namespace}/services/{name}")
+    claim = get(sim, f"/api/v1/namespaces/{namespace}/persistentvolumeclaims/hub-db-dir")
+    assert claim["status"]["phase"] == "Bound"
+    puller = get(sim, f"/apis/apps/v1/namespaces/{namespace}/daemonsets/continuous-image-puller")
+    assert puller["status"]["numberReady"] == puller["status"]["desiredNumberScheduled"] == 3  # the GPU nodes
     assert (
         "hub.config.JupyterHub.cookie_secret"
         in get(sim, f"/api/v1/namespaces/{namespace}/secrets/hub")["data"]
     )
     upgrade = run(helm_bin, "upgrade", "hub", str(JUPYTERHUB_CHART), *args, env=env)
     assert "REVISION: 2" in upgrade.stdout
+    # the pre-upgrade hooks ran (the awaiter Job completed) and were deleted (hook-succeeded)
+    events = get(sim, f"/api/v1/namespaces/{namespace}/events")["items"]
+    awaited = {
+        (e["involvedObject"]["kind"], e["reason"])
+        for e in events
+        if e["involvedObject"]["name"] == "hook-image-awaiter"
+    }
+    assert ("Job", "Completed") in awaited, awaited
+    for path in ("apis/batch/v1/namespaces/{ns}/jobs", "apis/apps/v1/namespaces/{ns}/daemonsets"):
+        names = [o["metadata"]["name"] for o in get(sim, "/" + path.format(ns=namespace))["items"]]
+        assert not [n for n in names if n.startswith("hook-")], names
     secrets = release_secrets(sim, namespace, "hub")
     assert [s["metadata"]["labels"]["status"] for s in secrets] == ["superseded", "deployed"]
 

@@ -155,7 +155,10 @@ def encode(managers: Managers) -> list[dict[str, Any]]:
 
 
 def _ignored(resource: Resource, subresource: str) -> set[Path]:
-    if resource.status and subresource != "status":
+    """The strategy's reset fields: status on the main resource, spec and metadata on /status."""
+    if subresource == "status":
+        return {(("f", "spec"),), (("f", "metadata"),)}
+    if resource.status:
         return {(("f", "status"),)}
     return set()
 

@@ -383,11 +383,18 @@ class Store:
             raise errors.conflict(resource.qualified, resource.group, resource.plural, name)
         if subresource == "status":
             status = obj.get("status")
+            applied_fields = metadata.get("managedFields") if applied else None
             obj = copy.deepcopy(current)
             if status is None:
                 obj.pop("status", None)
             else:
                 obj["status"] = status
+            if applied:
+                # a server-side apply to /status: its managedFields (managed.py) come with the status
+                if applied_fields is None:
+                    obj["metadata"].pop("managedFields", None)
+                else:
+                    obj["metadata"]["managedFields"] = applied_fields
         elif resource.status:
             obj.pop("status", None)
             if "status" in current:
