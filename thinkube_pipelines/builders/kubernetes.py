@@ -311,6 +311,14 @@ def _is_running(pod: dict[str, Any]) -> bool:
     return any((s.get("state") or {}).get("running") for s in _statuses(pod))
 
 
+def _version(obj: dict[str, Any]) -> int:
+    """An object's resourceVersion as a number (etcd's revision; opaque to clients, so 0 when it is not)."""
+    try:
+        return int(obj["metadata"].get("resourceVersion") or 0)
+    except ValueError:
+        return 0
+
+
 def _terminal(pod: dict[str, Any]) -> bool:
     return (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed")
 
@@ -510,9 +518,7 @@ class JobFollower:
             _, event, obj = item
             name = obj["metadata"]["name"]
             previous = self.pods.get(name)
-            if previous is not None and int(obj["metadata"].get("resourceVersion") or 0) < int(
-                previous["metadata"].get("resourceVersion") or 0
-            ):
+            if previous is not None and _version(obj) < _version(previous):
                 return  # an older state from a relist
             if event == "DELETED":
                 obj = {**obj, "_deleted": True}
@@ -561,6 +567,10 @@ class JobFollower:
             if self.say_once(name, "failed"):
                 self._earlier.append(text)
                 self.say(text)
+        elif pod.get("_deleted") and not _terminal(pod) and self.say_once(name, "failed"):
+            text = f"{describe_pod(pod)} (deleted before it finished: by someone, or with its lost node)"
+            self._earlier.append(text)
+            self.say(text)
 
     def say_once(self, *key: str) -> bool:
         if key in self._said:
