@@ -278,7 +278,12 @@ def tiny_values(tmp_path: Path, **values: Any) -> list[str]:
 
 
 def test_helm_install_wait_of_the_tiny_chart(
-    sim: RunningSimulator, helm_bin: Path, env: dict[str, str], namespace: str, tmp_path: Path
+    sim: RunningSimulator,
+    helm_bin: Path,
+    kubectl_bin: Path,
+    env: dict[str, str],
+    namespace: str,
+    tmp_path: Path,
 ):
     result = run(
         helm_bin,
@@ -309,6 +314,12 @@ def test_helm_install_wait_of_the_tiny_chart(
     assert secrets[0]["metadata"]["labels"]["status"] == "deployed"
     listed = json.loads(run(helm_bin, "list", "-n", namespace, "-o", "json", env=env).stdout)
     assert [(r["name"], r["status"], r["revision"]) for r in listed] == [("web", "deployed", "1")]
+    # kubectl get prints the server's Table (the real printers' columns)
+    table = run(kubectl_bin, "get", "deployment,service", "-n", namespace, env=env).stdout.splitlines()
+    assert table[0].split() == ["NAME", "READY", "UP-TO-DATE", "AVAILABLE", "AGE"]
+    assert table[1].split()[:4] == ["deployment.apps/web-web", "2/2", "2", "2"]
+    assert table[3].split() == ["NAME", "TYPE", "CLUSTER-IP", "EXTERNAL-IP", "PORT(S)", "AGE"]
+    assert table[4].split()[:2] == ["service/web-web", "ClusterIP"] and table[4].split()[4] == "80/TCP"
 
 
 def test_helm_upgrade_wait_succeeds(
@@ -403,6 +414,7 @@ def test_helm_upgrade_wait_fails_when_the_rollout_exceeds_its_progress_deadline(
     scripts_reset: None,
     sim: RunningSimulator,
     helm_bin: Path,
+    kubectl_bin: Path,
     env: dict[str, str],
     namespace: str,
     tmp_path: Path,
@@ -419,6 +431,11 @@ def test_helm_upgrade_wait_fails_when_the_rollout_exceeds_its_progress_deadline(
     assert (progressing["status"], progressing["reason"]) == ("False", "ProgressDeadlineExceeded")
     listed = json.loads(run(helm_bin, "list", "-n", namespace, "--failed", "-o", "json", env=env).stdout)
     assert [(r["revision"], r["status"]) for r in listed] == [("2", "failed")]
+    statuses = [
+        line.split()[2]
+        for line in run(kubectl_bin, "get", "pods", "-n", namespace, env=env).stdout.splitlines()[1:]
+    ]
+    assert sorted(statuses) == ["ImagePullBackOff", "Running", "Running"]
 
 
 def test_helm_upgrade_wait_times_out_when_the_new_image_is_never_pulled(

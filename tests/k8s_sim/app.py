@@ -27,9 +27,11 @@ served.
 Status codes and Status bodies follow https://kubernetes.io/docs/reference/using-api/api-concepts/ (see
 `errors.py`).
 
-Not implemented yet: pods/binding, pods/exec, scale subresources, table output (`Accept: ...;as=Table`:
-`kubectl get` then prints names and ages only), protobuf answers, authentication/authorization (any client
-is admitted), resourceVersionMatch on lists.
+A get or list asked for as a Table (`Accept: application/json;as=Table;v=v1;g=meta.k8s.io`, what `kubectl
+get` asks for) is answered with the real printers' columns (tables.py).
+
+Not implemented yet: pods/binding, pods/exec, scale subresources, Tables in watches, protobuf answers,
+authentication/authorization (any client is admitted), resourceVersionMatch on lists.
 """
 
 from __future__ import annotations
@@ -49,7 +51,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from tests.k8s_sim import control, errors, managed, openapi, protobuf, resources
+from tests.k8s_sim import control, errors, managed, openapi, protobuf, resources, tables
 from tests.k8s_sim.faults import Faults
 from tests.k8s_sim.patch import json_patch, merge_patch, strategic_merge_patch
 from tests.k8s_sim.resources import Resource
@@ -308,7 +310,11 @@ class Simulator:
                 )
             raise errors.method_not_allowed(method, resource.qualified)
         if method == "GET":
-            return _json(store.get(resource, ns, name))
+            obj = store.get(resource, ns, name)
+            if tables.wants_table(request.headers.get("accept")):
+                version = obj["metadata"]["resourceVersion"]
+                return _json(tables.table(resource, [obj], query.get("includeObject"), version))
+            return _json(obj)
         if method == "PUT":
             body = await self._body(request)
             obj, warnings = store.replace(
@@ -672,6 +678,9 @@ class Simulator:
         for obj in page:  # list items carry no kind/apiVersion, as the real server sends them
             obj.pop("kind", None)
             obj.pop("apiVersion", None)
+        if tables.wants_table(request.headers.get("accept")):
+            extra = {k: v for k, v in metadata.items() if k != "resourceVersion"}
+            return _json(tables.table(resource, page, query.get("includeObject"), list_version, extra))
         return _json(
             {
                 "kind": f"{resource.kind}List",
