@@ -355,6 +355,62 @@ def test_helm_upgrade_wait_succeeds(
     assert [s["metadata"]["labels"]["status"] for s in secrets] == ["superseded", "deployed"]
 
 
+def test_helm_upgrade_conflicts_with_a_field_another_manager_changed(
+    sim: RunningSimulator,
+    helm_bin: Path,
+    kubectl_bin: Path,
+    env: dict[str, str],
+    namespace: str,
+    tmp_path: Path,
+):
+    """Server-side apply in helm 4: a field changed by `kubectl patch` since is another manager's; the
+    upgrade that changes it conflicts, and `--force-conflicts` takes it back."""
+    run(
+        helm_bin,
+        "install",
+        "web",
+        str(TINY_CHART),
+        "-n",
+        namespace,
+        *tiny_values(tmp_path),
+        "--wait",
+        env=env,
+    )
+    patch = [
+        "patch",
+        "deployment",
+        "web-web",
+        "-n",
+        namespace,
+        "--type",
+        "merge",
+        "-p",
+        '{"spec":{"replicas":3}}',
+    ]
+    run(kubectl_bin, *patch, env=env)
+    upgrade = [
+        "upgrade",
+        "web",
+        str(TINY_CHART),
+        "-n",
+        namespace,
+        *tiny_values(tmp_path, replicas=4),
+        "--wait",
+    ]
+    refused = run(helm_bin, *upgrade, env=env, check=False)
+    assert refused.returncode == 1
+    assert (
+        f"Error: UPGRADE FAILED: conflict occurred while applying object {namespace}/web-web apps/v1, "
+        "Kind=Deployment: Apply failed with 1 conflict: "
+        'conflict with "kubectl-patch" using apps/v1: .spec.replicas'
+    ) in refused.stderr
+    assert get(sim, f"/apis/apps/v1/namespaces/{namespace}/deployments/web-web")["spec"]["replicas"] == 3
+    run(helm_bin, *upgrade, "--force-conflicts", env=env)
+    deployment = get(sim, f"/apis/apps/v1/namespaces/{namespace}/deployments/web-web")
+    assert deployment["spec"]["replicas"] == deployment["status"]["availableReplicas"] == 4
+    assert ("kubectl-patch", "Update") not in managers(deployment)
+
+
 def _broken_upgrade(
     sim: RunningSimulator, helm_bin: Path, env: dict[str, str], namespace: str, tmp_path: Path, **values: Any
 ) -> subprocess.CompletedProcess:
