@@ -411,6 +411,49 @@ def test_helm_upgrade_conflicts_with_a_field_another_manager_changed(
     assert ("kubectl-patch", "Update") not in managers(deployment)
 
 
+def test_kubectl_scale_goes_through_the_scale_subresource(
+    sim: RunningSimulator,
+    helm_bin: Path,
+    kubectl_bin: Path,
+    env: dict[str, str],
+    namespace: str,
+    tmp_path: Path,
+):
+    run(
+        helm_bin,
+        "install",
+        "web",
+        str(TINY_CHART),
+        "-n",
+        namespace,
+        *tiny_values(tmp_path),
+        "--wait",
+        env=env,
+    )
+    run(kubectl_bin, "scale", "deployment/web-web", "-n", namespace, "--replicas=3", env=env)
+    url = f"/apis/apps/v1/namespaces/{namespace}/deployments/web-web"
+    scale = get(sim, f"{url}/scale")
+    assert (scale["kind"], scale["apiVersion"], scale["spec"]) == ("Scale", "autoscaling/v1", {"replicas": 3})
+    assert scale["status"]["selector"] == "app.kubernetes.io/instance=web,app.kubernetes.io/name=tiny"
+    wait_until(lambda: get(sim, url)["status"].get("availableReplicas") == 3, timeout_s=30)
+    entry = next(e for e in get(sim, url)["metadata"]["managedFields"] if e.get("subresource") == "scale")
+    assert (entry["operation"], entry["fieldsV1"]) == ("Update", {"f:spec": {"f:replicas": {}}})
+    upgrade = run(
+        helm_bin,
+        "upgrade",
+        "web",
+        str(TINY_CHART),
+        "-n",
+        namespace,
+        *tiny_values(tmp_path),
+        env=env,
+        check=False,
+    )
+    assert f'conflict with "{entry["manager"]}" with subresource "scale" using apps/v1: .spec.replicas' in (
+        upgrade.stderr
+    )
+
+
 def _broken_upgrade(
     sim: RunningSimulator, helm_bin: Path, env: dict[str, str], namespace: str, tmp_path: Path, **values: Any
 ) -> subprocess.CompletedProcess:

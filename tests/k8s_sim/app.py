@@ -30,7 +30,10 @@ Status codes and Status bodies follow https://kubernetes.io/docs/reference/using
 A get or list asked for as a Table (`Accept: application/json;as=Table;v=v1;g=meta.k8s.io`, what `kubectl
 get` asks for) is answered with the real printers' columns (tables.py).
 
-Not implemented yet: pods/binding, pods/exec, scale subresources, Tables in watches, protobuf answers,
+`deployments/scale`, `replicasets/scale` and `statefulsets/scale` serve the autoscaling/v1 Scale (get,
+update, patch), what `kubectl scale` uses.
+
+Not implemented yet: pods/binding, pods/exec, Tables in watches, protobuf answers,
 authentication/authorization (any client is admitted), resourceVersionMatch on lists.
 """
 
@@ -217,7 +220,9 @@ class Simulator:
         name = rest[1] if len(rest) > 1 else ""
         sub = rest[2] if len(rest) > 2 else ""
         if sub and not (
-            (sub == "status" and resource.status) or (resource.kind == "Pod" and sub in ("log", "eviction"))
+            (sub == "status" and resource.status)
+            or (resource.kind == "Pod" and sub in ("log", "eviction"))
+            or (sub == "scale" and "scale" in resource.subresources)
         ):
             raise errors.page_not_found()
         if namespace is None and resource.namespaced and name:
@@ -293,6 +298,8 @@ class Simulator:
             return self._evict(ns, name, await self._body(request))
         if sub in ("log", "eviction"):
             raise errors.method_not_allowed(method, f"{resource.plural}/{sub}")
+        if sub == "scale":
+            return await self._scale(request, resource, ns, name, dry_run)
         if not name:
             if method == "GET":
                 if _bool(query.get("watch")):
@@ -420,6 +427,61 @@ class Simulator:
             resource, ns, name, merged, validation, sub, dry_run, manager=manager, applied=True
         )
         return _json(obj, 200, warnings)
+
+    async def _scale(
+        self, request: Request, resource: Resource, ns: str, name: str, dry_run: bool
+    ) -> Response:
+        """The scale subresource of Deployments, ReplicaSets and StatefulSets (autoscaling/v1 Scale):
+        `kubectl scale` patches it. A write sets the parent's spec.replicas (its managedFields entry has
+        `subresource: scale`, as the real server writes it)."""
+        current = self.store.get(resource, ns, name)
+        scale = _scale_of(current)
+        method = request.method
+        if method == "GET":
+            return _json(scale)
+        if method not in ("PUT", "PATCH"):
+            raise errors.method_not_allowed(method, f"{resource.plural}/scale")
+        body = await self._body(request)
+        if method == "PUT":
+            wanted = body
+        else:
+            content_type = request.headers.get("content-type", "").split(";")[0].strip()
+            if content_type == "application/json-patch+json":
+                wanted = json_patch(scale, body)
+            elif content_type in ("application/merge-patch+json", "application/strategic-merge-patch+json"):
+                if not isinstance(body, dict):
+                    raise errors.bad_request("the body of a merge patch must be a JSON object")
+                wanted = merge_patch(scale, body)
+            else:
+                raise errors.unsupported_media_type(content_type, PATCH_MEDIA_TYPES[:3])
+        replicas = ((wanted or {}).get("spec") or {}).get("replicas", 0)
+        if not isinstance(replicas, int) or isinstance(replicas, bool) or replicas < 0:
+            raise errors.invalid(
+                "Scale",
+                "autoscaling",
+                name,
+                [
+                    errors.cause(
+                        "FieldValueInvalid",
+                        "spec.replicas",
+                        f"Invalid value: {json.dumps(replicas)}: must be greater than or equal to 0",
+                    )
+                ],
+            )
+        sent = ((wanted or {}).get("metadata") or {}).get("resourceVersion")
+        if sent and sent != current["metadata"]["resourceVersion"]:
+            raise errors.conflict(
+                f"{resource.plural}.{resource.group}", resource.group, resource.plural, name
+            )
+        updated = copy.deepcopy(current)
+        updated["spec"]["replicas"] = replicas
+        updated["metadata"].pop("resourceVersion", None)
+        obj, _ = self.store.replace(
+            resource, ns, name, updated, None, "", dry_run, manager=self._manager(request), scale=True
+        )
+        if self.runtime is not None:
+            self.runtime.kick()
+        return _json(_scale_of(obj))
 
     def _delete_collection(
         self, request: Request, resource: Resource, namespace: str | None, options: Any, dry_run: bool
@@ -815,6 +877,28 @@ def _waiting_message(pod: dict[str, Any], container: str) -> str:
                 return f"{prefix} trying and failing to pull image"
             return f"{prefix} {reason}"
     return f"{prefix} ContainerCreating"
+
+
+def _scale_of(obj: dict[str, Any]) -> dict[str, Any]:
+    """The autoscaling/v1 Scale of a Deployment, ReplicaSet or StatefulSet."""
+    from tests.k8s_sim.tables import _selector
+
+    metadata = obj["metadata"]
+    selector = (obj.get("spec") or {}).get("selector")
+    return {
+        "kind": "Scale",
+        "apiVersion": "autoscaling/v1",
+        "metadata": {
+            key: metadata[key]
+            for key in ("name", "namespace", "uid", "resourceVersion", "creationTimestamp")
+            if key in metadata
+        },
+        "spec": {"replicas": (obj.get("spec") or {}).get("replicas", 0)},
+        "status": {
+            "replicas": (obj.get("status") or {}).get("replicas", 0),
+            "selector": _selector(selector) if selector else "",
+        },
+    }
 
 
 def _accepts_json(accept: str | None) -> bool:

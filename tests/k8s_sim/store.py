@@ -360,10 +360,12 @@ class Store:
         trusted: bool = False,
         manager: str | None = None,
         applied: bool = False,
+        scale: bool = False,
     ) -> tuple[dict[str, Any], list[str]]:
         """PUT: the whole object (or, with subresource "status", its status only).
 
-        `manager` and `applied` as for `create`.
+        `manager` and `applied` as for `create`; `scale`: the write came through the scale subresource
+        (its managedFields entry says so).
 
         An update that leaves an object being deleted (deletionTimestamp set) without finalizers deletes it.
         """
@@ -420,7 +422,11 @@ class Store:
             metadata["generation"] = current["metadata"].get("generation", 1) + 1
         if not applied:
             managed.update(
-                resource, current, obj, manager or self._default_manager(resource, subresource), subresource
+                resource,
+                current,
+                obj,
+                manager or self._default_manager(resource, subresource),
+                "scale" if scale else subresource,
             )
         managed.keep_times(current, obj)
         if dry_run:
