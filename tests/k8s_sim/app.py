@@ -197,6 +197,8 @@ class Simulator:
                 headers = {"Etag": f'"{digest}"', "Vary": "Accept"}
                 if request.query_params.get("hash") == digest:
                     headers["Cache-Control"] = "public, immutable"
+                    expires = datetime.now(UTC).replace(year=datetime.now(UTC).year + 1)
+                    headers["Expires"] = expires.strftime("%a, %d %b %Y %H:%M:%S GMT")
                 elif request.query_params.get("hash"):
                     # A hash that is not the document's: the real server redirects to the current one.
                     url = f"/openapi/v3/{'/'.join(parts[1:])}?hash={digest}"

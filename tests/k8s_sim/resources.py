@@ -6,8 +6,9 @@ Objects of every listed resource are stored generically (see `store.py`); the on
 controller in runtime.py's components (Pods: scheduler.py and kubelet.py; Jobs, ReplicaSets, Deployments,
 DaemonSets, StatefulSets, PodDisruptionBudgets, PersistentVolume(Claim)s, Nodes: controllers/).
 
-Subresources served: `<resource>/status` (the kinds marked `status=True`), `pods/log`, `pods/eviction`;
-`pods/binding`, `pods/exec`, `deployments/scale` and friends are listed for discovery only.
+Subresources served: `<resource>/status` (the kinds marked `status=True`), `pods/log`, `pods/eviction`,
+`<deployments|replicasets|statefulsets>/scale`; `pods/binding`, `pods/exec` and friends are listed for
+discovery only.
 """
 
 from __future__ import annotations
