@@ -45,7 +45,7 @@ import contextlib
 import copy
 import json
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import yaml
@@ -197,7 +197,7 @@ class Simulator:
                 headers = {"Etag": f'"{digest}"', "Vary": "Accept"}
                 if request.query_params.get("hash") == digest:
                     headers["Cache-Control"] = "public, immutable"
-                    expires = datetime.now(UTC).replace(year=datetime.now(UTC).year + 1)
+                    expires = datetime.now(UTC) + timedelta(days=365)
                     headers["Expires"] = expires.strftime("%a, %d %b %Y %H:%M:%S GMT")
                 elif request.query_params.get("hash"):
                     # A hash that is not the document's: the real server redirects to the current one.
