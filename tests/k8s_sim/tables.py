@@ -5,8 +5,8 @@ asked for as a Table is answered with `{"kind": "Table", "apiVersion": "meta.k8s
 [...], "rows": [{"cells": [...], "object": ...}]}`; `includeObject` says what each row carries (`Metadata`,
 the default: a PartialObjectMetadata; `Object`: the object; `None`). The columns and cells are the real
 server's printers' (k8s.io/kubernetes/pkg/printers/internalversion/printers.go) for Pod, Deployment,
-ReplicaSet, StatefulSet, DaemonSet, Job, Service, ConfigMap, Secret, Namespace, Node and
-PersistentVolumeClaim, with their `-o wide` columns (priority 1); other kinds get the default table
+ReplicaSet, StatefulSet, DaemonSet, Job, Service, ConfigMap, Secret, Namespace, Node,
+PersistentVolumeClaim and Event, with their `-o wide` columns (priority 1); other kinds get the default table
 (Name, Created At). Ages are written as the real `duration.HumanDuration` writes them.
 
 Simplified: the Pod status column covers the common reasons (phase, waiting/terminated reasons, init
@@ -393,6 +393,38 @@ def _claim(obj: dict[str, Any]) -> list[Any]:
     ]
 
 
+def _event(obj: dict[str, Any]) -> list[Any]:
+    """printEvent (core/v1 fields; events.k8s.io/v1 names them regarding, note, deprecated*)."""
+    involved = obj.get("involvedObject") or obj.get("regarding") or {}
+    first_stamp = obj.get("firstTimestamp") or obj.get("deprecatedFirstTimestamp")
+    first = _age(first_stamp) if first_stamp else _age(obj.get("eventTime"))
+    last_stamp = obj.get("lastTimestamp") or obj.get("deprecatedLastTimestamp")
+    last = _age(last_stamp) if last_stamp else first
+    count = obj.get("count") or obj.get("deprecatedCount") or 0
+    series = obj.get("series")
+    if series:
+        last, count = _age(series.get("lastObservedTime")), series.get("count", 0)
+    elif not count:
+        count = 1
+    kind = (involved.get("kind") or "").lower()
+    target = f"{kind}/{involved['name']}" if involved.get("name") else kind
+    source = obj.get("source") or {}
+    component = source.get("component") or obj.get("reportingController") or ""
+    host = source.get("host") or obj.get("reportingInstance") or ""
+    return [
+        last,
+        obj.get("type", ""),
+        obj.get("reason", ""),
+        target,
+        involved.get("fieldPath", ""),
+        f"{component}, {host}" if host else component,
+        (obj.get("message") or obj.get("note") or "").strip(),
+        first,
+        count,
+        obj["metadata"]["name"],
+    ]
+
+
 def _default(obj: dict[str, Any]) -> list[Any]:
     return [obj["metadata"]["name"], obj["metadata"].get("creationTimestamp")]
 
@@ -483,6 +515,21 @@ PRINTERS: dict[str, tuple[list[dict], Callable[[dict[str, Any]], list[Any]]]] = 
             _column("Selector", priority=1),
         ],
         _service,
+    ),
+    "Event": (
+        [
+            _column("Last Seen"),
+            _column("Type"),
+            _column("Reason"),
+            _column("Object"),
+            _column("Subobject", priority=1),
+            _column("Source", priority=1),
+            _column("Message"),
+            _column("First Seen", priority=1),
+            _column("Count", _I, priority=1),
+            _column("Name", priority=1),
+        ],
+        _event,
     ),
     "ConfigMap": ([NAME, _column("Data", _I), AGE], _config_map),
     "Secret": ([NAME, _column("Type"), _column("Data", _I), AGE], _secret),
