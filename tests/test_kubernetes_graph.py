@@ -51,17 +51,28 @@ FROM ${PARENT_IMAGE}
 COPY gpu-check /usr/local/bin/gpu-check
 RUN chmod 0755 /usr/local/bin/gpu-check
 """
-GPU_CHECK = """\
+GPU_CHECK_FAILING = """\
 #!/bin/sh
 # No GPU on this machine: what the real gpu-check says and does where torch sees no CUDA device.
+echo "torch 2.4.1+cu121, built for CUDA 12.1"
 echo "gpu-check: FAIL: no CUDA device (torch.cuda.is_available() is False)" >&2
 exit 1
 """
+GPU_CHECK_PASSING = """\
+#!/bin/sh
+# What the real gpu-check prints on a GPU (the simulator's nodes have none to offer this container).
+echo "torch 2.4.1+cu121, built for CUDA 12.1"
+echo "1 CUDA device(s)"
+echo "  cuda:0  NVIDIA H100 80GB HBM3  compute capability 9.0  79.1 GiB"
+echo "  cuda:0  1024x1024 matmul matches the CPU (max abs error 3.1e-05)"
+echo "gpu-check: OK"
+"""
 
 
-def write_images(root: Path) -> Path:
+def write_images(root: Path, gpu_check: str = GPU_CHECK_FAILING) -> Path:
     """A root image (the Debian base, a python and a jupyterhub-singleuser stand-in: the smoke check's
-    needs, nothing to download) and a GPU child with a gpu-check that fails, as it does without a GPU."""
+    needs, nothing to download) and a GPU child whose gpu-check is `gpu_check` (by default one that fails,
+    as the real one does without a GPU)."""
     images = root / "images"
     base = (
         "docker.io/library/python:3.11-slim-bookworm"
@@ -81,7 +92,7 @@ def write_images(root: Path) -> Path:
     child = images / GPU_CHILD
     child.mkdir()
     (child / "Dockerfile").write_text(GPU_DOCKERFILE)
-    (child / "gpu-check").write_text(GPU_CHECK)
+    (child / "gpu-check").write_text(gpu_check)
     (child / "gpu-check").chmod(0o755)
     (child / "requirements.txt").write_text("")
     inputs = LockInputs(
@@ -270,26 +281,91 @@ def test_a_build_killed_by_oom_fails_the_step_naming_job_pod_node_and_nothing_is
     ]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the image graph has no GPU test yet: checks.py's smoke check only looks for `gpu-check` (no "
-    "GPU), so a failing GPU test cannot block publish until a blocking GPU check runs it with gpus=1",
-)
-def test_a_failing_gpu_test_blocks_publish(cluster_env, hooks, tmp_path, core, batch, k8s_namespace):
+def gpu_test_pods(core: k8s.CoreV1Api, namespace: str) -> list[k8s.V1Pod]:
+    return core.list_namespaced_pod(namespace, label_selector=f"{CHECK_SELECTOR},thinkube.io/check=gpu").items
+
+
+def test_a_failing_gpu_test_blocks_publish(
+    cluster_env, hooks, tmp_path, core, batch, k8s_namespace, registry
+):
     images = write_images(tmp_path)
     result = materialize(images)
+    assert not result.success
     published = {"/".join(e.asset_key.path) for e in result.get_asset_materialization_events()}
-    assert f"{ROOT}/published" in published
+    assert f"{ROOT}/published" in published  # the root has no GPU test
+    assert f"{GPU_CHILD}/build" in published and f"{GPU_CHILD}/published" not in published
+    assert f"{GPU_CHILD}/catalog_entry" not in published
+    checks = {(c.asset_key.to_user_string(), c.check_name): c for c in result.get_asset_check_evaluations()}
+    assert checks[(f"{GPU_CHILD}/build", "smoke")].passed  # gpu-check is there; only the GPU test fails
+    gpu = checks[(f"{GPU_CHILD}/build", "gpu")]
+    assert not gpu.passed and "no CUDA device" in gpu.description
+    message = failure_message(result)
+    assert f"{GPU_CHILD}: the gpu check failed, nothing is published" in message
+    assert "gpu-check: FAIL: no CUDA device" in message
+
+    # The GPU test's Job: exactly one GPU, the GPU taint tolerated, on a GPU node; kept, as it failed.
     [job] = batch.list_namespaced_job(
         k8s_namespace, label_selector=f"{CHECK_SELECTOR},thinkube.io/check=gpu"
     ).items
-    [pod] = core.list_namespaced_pod(
-        k8s_namespace, label_selector=f"batch.kubernetes.io/job-name={job.metadata.name}"
-    ).items
-    assert pod.spec.containers[0].resources.limits[GPU_RESOURCE] == "1"
-    assert any(t.key == GPU_RESOURCE for t in pod.spec.tolerations)
-    assert f"{GPU_CHILD}/published" not in published
-    assert "no CUDA device" in failure_message(result)
+    [pod] = gpu_test_pods(core, k8s_namespace)
+    [container] = pod.spec.containers
+    assert container.command == ["gpu-check"]
+    assert container.resources.limits[GPU_RESOURCE] == "1"
+    assert container.resources.requests.get(GPU_RESOURCE, "1") == "1"
+    assert any(t.key == GPU_RESOURCE and t.effect == "NoSchedule" for t in pod.spec.tolerations)
+    assert pod.spec.node_name in GPU_NODES
+    assert pod.metadata.labels["batch.kubernetes.io/job-name"] == job.metadata.name
+    # Nothing of the GPU child under its moving tag: the gate held.
+    client = RegistryClient(registry.url, registry.username, registry.password)
+    project = os.environ["THINKUBE_REGISTRY_PROJECT"]
+    assert client.digest_of(f"{project}/{GPU_CHILD}", "latest") is None
+
+
+def test_a_passing_gpu_test_publishes_and_runs_once_per_digest(
+    cluster_env, hooks, tmp_path, core, batch, k8s_namespace, registry
+):
+    images = write_images(tmp_path, GPU_CHECK_PASSING)
+    instance = dg.DagsterInstance.ephemeral()
+    result = materialize(images, instance=instance)
+    assert result.success, failure_message(result)
+    gpu = next(c for c in result.get_asset_check_evaluations() if c.check_name == "gpu")
+    assert gpu.passed
+    assert gpu.metadata["devices"].value == [
+        "cuda:0  NVIDIA H100 80GB HBM3  compute capability 9.0  79.1 GiB"
+    ]
+    assert "gpu-check: OK" in gpu.description
+    digest = materialization(result, f"{GPU_CHILD}/build").metadata["digest"].value
+    client = RegistryClient(registry.url, registry.username, registry.password)
+    project = os.environ["THINKUBE_REGISTRY_PROJECT"]
+    assert client.digest_of(f"{project}/{GPU_CHILD}", "latest") == digest
+    # It ran as a Job with one GPU, which succeeded and was deleted.
+    ran = [e for e in core.list_namespaced_event(k8s_namespace).items if e.reason == "Scheduled"]
+    assert len([e for e in ran if e.involved_object.name.startswith("gpu-")]) == 1
+    assert not batch.list_namespaced_job(k8s_namespace, label_selector=CHECK_SELECTOR).items
+
+    again = materialize(images, instance=instance)  # the same digest: no second GPU test
+    assert again.success, failure_message(again)
+    gpu = next(c for c in again.get_asset_check_evaluations() if c.check_name == "gpu")
+    assert gpu.passed and gpu.metadata["passed_in_run"].value == result.run_id
+    ran = [e for e in core.list_namespaced_event(k8s_namespace).items if e.reason == "Scheduled"]
+    assert len([e for e in ran if e.involved_object.name.startswith("gpu-")]) == 1
+
+
+def test_with_the_gpu_test_turned_off_the_image_is_published_with_a_warning(
+    cluster_env, hooks, tmp_path, core, k8s_namespace
+):
+    cluster_env.setenv("THINKUBE_GPU_TEST", "false")
+    images = write_images(tmp_path)  # its gpu-check would fail: it must not run
+    result = materialize(images)
+    assert result.success, failure_message(result)
+    gpu = next(c for c in result.get_asset_check_evaluations() if c.check_name == "gpu")
+    assert not gpu.passed and gpu.severity == dg.AssetCheckSeverity.WARN
+    assert "not run (THINKUBE_GPU_TEST=false)" in gpu.description
+    assert materialization(result, f"{GPU_CHILD}/published")
+    assert not gpu_test_pods(core, k8s_namespace)
+    cluster_env.setenv("THINKUBE_GPU_TEST", "ture")
+    with pytest.raises(ValueError, match="THINKUBE_GPU_TEST='ture': expected 'true' or 'false'"):
+        resources_for_environment("cluster")
 
 
 def test_an_evicted_build_pod_is_retried_by_its_job_and_the_image_is_published(

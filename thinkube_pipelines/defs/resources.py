@@ -122,6 +122,13 @@ class BuildSettings(dg.ConfigurableResource):
         "where the registry makes every tag immutable.",
     )
     smoke_timeout_s: float = Field(600.0, description="Time limit of one smoke check run.")
+    gpu_test: bool = Field(
+        True,
+        description="Run the GPU test (`gpu-check` with one GPU) of every gpu_required image before it is "
+        "published. Off (a workstation without a GPU), the check reports a warning, not run, and does not "
+        "block.",
+    )
+    gpu_test_timeout_s: float = Field(900.0, description="Time limit of one GPU test run.")
 
 
 def env_setting(name: str, default: Any) -> Any:
@@ -249,7 +256,16 @@ def _build_settings() -> BuildSettings:
     return BuildSettings(
         base_mirror=env_setting(s.BASE_MIRROR_ENV, None),
         platform=env_setting(s.BUILD_PLATFORM_ENV, DEFAULT_PLATFORM),
+        gpu_test=_gpu_test(),
     )
+
+
+def _gpu_test() -> bool:
+    """THINKUBE_GPU_TEST, checked here: a typo must not silently turn the GPU gate off."""
+    value = (os.environ.get(s.GPU_TEST_ENV) or "true").lower()
+    if value not in ("true", "false"):
+        raise ValueError(f"{s.GPU_TEST_ENV}={value!r}: expected 'true' or 'false'")
+    return value == "true"
 
 
 def local_resources() -> dict[str, Any]:

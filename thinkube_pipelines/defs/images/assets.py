@@ -30,13 +30,14 @@ from thinkube_pipelines.defs.images.build_plan import (
     plan_build,
 )
 from thinkube_pipelines.defs.images.catalog_item import catalog_upsert
-from thinkube_pipelines.defs.images.checks import smoke_check, smoke_check_spec
+from thinkube_pipelines.defs.images.checks import check_specs, gpu_check, smoke_check
 from thinkube_pipelines.defs.images.keys import (
     BUILD_POOL,
     IMAGE_PART,
     OWNERS,
     PART_TAG,
     asset_key,
+    gpu_check_key,
     group_name,
     smoke_check_key,
 )
@@ -365,7 +366,7 @@ def image_chain(images: ImageSet, definition: ImageDefinition, code_version: str
     @dg.multi_asset(
         name=group_name(name),
         specs=specs,
-        check_specs=[smoke_check_spec(definition)],
+        check_specs=check_specs(definition),
         can_subset=True,
         pool=BUILD_POOL,
         description=f"The chain of image {name}: whichever of its assets the run selects, in order.",
@@ -383,12 +384,16 @@ def image_chain(images: ImageSet, definition: ImageDefinition, code_version: str
             yield source(context)
         if build_key in selected:
             yield build(context, builder, registry, build_settings)
-        if smoke_check_key(name) in context.selected_asset_check_keys:
-            smoke = smoke_check(context, images, definition, runner, registry, build_settings.smoke_timeout_s)
-            yield smoke
-            if not smoke.passed:
+        checks = context.selected_asset_check_keys
+        for key, evaluate in ((smoke_check_key(name), smoke_check), (gpu_check_key(name), gpu_check)):
+            if key not in checks:
+                continue
+            result = evaluate(context, images, definition, runner, registry, build_settings)
+            yield result
+            if not result.passed and result.severity == dg.AssetCheckSeverity.ERROR:
                 raise dg.Failure(
-                    description=f"{name}: the smoke check failed, nothing is published: {smoke.description}"
+                    description=f"{name}: the {key.name} check failed, nothing is published: "
+                    f"{result.description}"
                 )
         if published_key in selected:
             yield published(context, registry, build_settings)

@@ -13,6 +13,7 @@ PART_TAG = "thinkube/part"
 IMAGE_PART = "image"
 OWNERS = ["team:platform"]
 SMOKE_CHECK = "smoke"
+GPU_CHECK = "gpu"
 
 
 def group_name(image_name: str) -> str:
@@ -26,3 +27,7 @@ def asset_key(image_name: str, stage: str) -> dg.AssetKey:
 
 def smoke_check_key(image_name: str) -> dg.AssetCheckKey:
     return dg.AssetCheckKey(asset_key(image_name, "build"), SMOKE_CHECK)
+
+
+def gpu_check_key(image_name: str) -> dg.AssetCheckKey:
+    return dg.AssetCheckKey(asset_key(image_name, "build"), GPU_CHECK)
