@@ -253,7 +253,7 @@ def test_the_graph_builds_checks_publishes_and_registers_through_kubernetes_jobs
 
 
 def test_a_build_killed_by_oom_fails_the_step_naming_job_pod_node_and_nothing_is_published(
-    cluster_env, k8s_sim, tmp_path, batch, k8s_namespace
+    cluster_env, k8s_sim, tmp_path, core, batch, k8s_namespace
 ):
     images = write_images(tmp_path)
     k8s_sim.script(
@@ -279,6 +279,13 @@ def test_a_build_killed_by_oom_fails_the_step_naming_job_pod_node_and_nothing_is
     assert not [
         e for e in result.get_asset_materialization_events() if e.asset_key.path[-1] in ("build", "published")
     ]
+    # The retry policy (kubernetes/build_job.py): an OOM kill fails the Job at once, no second pod.
+    [failed] = [c for c in job.status.conditions if c.type == "Failed"]
+    assert (failed.status, failed.reason) == ("True", "PodFailurePolicy")
+    pods = core.list_namespaced_pod(
+        k8s_namespace, label_selector=f"batch.kubernetes.io/job-name={job.metadata.name}"
+    ).items
+    assert len(pods) == 1
 
 
 def gpu_test_pods(core: k8s.CoreV1Api, namespace: str) -> list[k8s.V1Pod]:
