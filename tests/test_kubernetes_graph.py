@@ -288,6 +288,26 @@ def test_a_build_killed_by_oom_fails_the_step_naming_job_pod_node_and_nothing_is
     assert len(pods) == 1
 
 
+def test_a_build_no_gpu_node_can_take_fails_quoting_the_scheduler_and_builds_nothing(
+    cluster_env, k8s_sim, tmp_path, batch, k8s_namespace
+):
+    """Builds must land on a node of a GPU product the cluster does not have: the scheduler leaves the pod
+    Pending, and the step fails with its FailedScheduling message once the scheduling timeout passes."""
+    cluster_env.setenv(
+        "THINKUBE_JOB_NODE_SELECTOR", "nvidia.com/gpu.present=true,nvidia.com/gpu.product=NVIDIA-B200"
+    )
+    cluster_env.setenv("THINKUBE_JOB_SCHEDULE_TIMEOUT_S", "2")
+    images = write_images(tmp_path)
+    result = materialize(images, f"{ROOT}/source", f"{ROOT}/build")
+    assert not result.success
+    message = failure_message(result)
+    assert "was not scheduled within 2 s: FailedScheduling: 0/4 nodes are available: " in message
+    assert "1 node(s) had untolerated taint(s)" in message  # the control plane
+    assert "3 node(s) didn't match Pod's node affinity/selector" in message  # the GPU nodes of other products
+    assert not batch.list_namespaced_job(k8s_namespace, label_selector=BUILD_SELECTOR).items  # deleted
+    assert not [e for e in result.get_asset_materialization_events() if e.asset_key.path[-1] == "build"]
+
+
 def gpu_test_pods(core: k8s.CoreV1Api, namespace: str) -> list[k8s.V1Pod]:
     return core.list_namespaced_pod(namespace, label_selector=f"{CHECK_SELECTOR},thinkube.io/check=gpu").items
 
