@@ -6,12 +6,19 @@ from __future__ import annotations
 
 import itertools
 import json
+import re
 from pathlib import Path
 
 import kubernetes_validate
 import pytest
 import yaml
 
+from thinkube_pipelines.defs.resources import (
+    DEFAULT_THINKUBE_CONTROL_NAMESPACE,
+    REGISTRATION_ENV,
+    REGISTRATIONS,
+    THINKUBE_CONTROL_NAMESPACE_ENV,
+)
 from thinkube_pipelines.kubernetes.build_job import (
     BUILDKIT_CONTAINER,
     CONTEXT_CONTAINER,
@@ -84,6 +91,94 @@ def deploy_objects() -> list[tuple[str, dict]]:
             if document and "kind" in document:
                 found.append((f"{path.name}#{index}", document))
     return found
+
+
+def dagster_values() -> dict:
+    return yaml.safe_load((DEPLOY / "dagster-values.yaml").read_text())
+
+
+def code_location(values: dict) -> dict:
+    [deployment] = values["dagster-user-deployments"]["deployments"]
+    return deployment
+
+
+RELEASE = "dagster"
+"""The release name of deploy/README.md's `helm upgrade --install dagster dagster/dagster`; with the chart
+named `dagster` too, the chart's full name and its ServiceAccount are `dagster`; the user-deployments
+subchart's full name is `dagster-dagster-user-deployments`."""
+USER_DEPLOYMENTS = f"{RELEASE}-dagster-user-deployments"
+
+
+def run_worker_job(values: dict) -> dict:
+    """The Job the K8sRunLauncher creates for a run of the code location, built by dagster-k8s itself
+    (K8sContainerContext, construct_dagster_k8s_job) from what the chart hands it. The chart's part is
+    transcribed from its templates (dagster-io/dagster helm/dagster): the instance's run launcher config
+    (templates/helpers/instance/_run-launcher.tpl: the chart's ServiceAccount, job_namespace,
+    image_pull_policy, env_secrets, run_k8s_config's keys in snake case) and, while
+    includeConfigInLaunchedRuns is on, the code location's container context
+    (charts/dagster-user-deployments/templates/helpers/_helpers.tpl, k8sContainerContext: its env
+    ConfigMap and Secrets, resources, namespace, the user-deployments ServiceAccount, env given as a list),
+    merged as K8sContainerContext.create_for_run merges them: the code location's last."""
+    from dagster_k8s.container_context import K8sContainerContext
+    from dagster_k8s.job import DagsterK8sJobConfig, UserDefinedDagsterK8sConfig, construct_dagster_k8s_job
+    from kubernetes.client import ApiClient
+
+    launcher = values["runLauncher"]["config"]["k8sRunLauncher"]
+    run_k8s_config = {
+        snake: launcher["runK8sConfig"][camel]
+        for camel, snake in (
+            ("containerConfig", "container_config"),
+            ("podSpecConfig", "pod_spec_config"),
+            ("podTemplateSpecMetadata", "pod_template_spec_metadata"),
+            ("jobSpecConfig", "job_spec_config"),
+            ("jobMetadata", "job_metadata"),
+        )
+        if launcher.get("runK8sConfig", {}).get(camel)
+    }
+    context = K8sContainerContext().merge(
+        K8sContainerContext(
+            image_pull_policy=launcher.get("imagePullPolicy", "Always"),
+            service_account_name=RELEASE,
+            env_config_maps=[c["name"] for c in launcher.get("envConfigMaps", [])],
+            env_secrets=[s["name"] for s in launcher.get("envSecrets", [])],
+            namespace=launcher.get("jobNamespace"),
+            run_k8s_config=UserDefinedDagsterK8sConfig.from_dict(run_k8s_config),
+        )
+    )
+    deployment = code_location(values)
+    if deployment.get("includeConfigInLaunchedRuns", {"enabled": True})["enabled"]:
+        k8s = {
+            "image_pull_policy": deployment["image"]["pullPolicy"],
+            "env_config_maps": [f"{USER_DEPLOYMENTS}-{deployment['name']}-user-env"]
+            + [c["name"] for c in deployment.get("envConfigMaps", [])],
+            "env_secrets": [s["name"] for s in deployment.get("envSecrets", [])],
+            "namespace": "thinkube-pipelines",
+            "service_account_name": f"{USER_DEPLOYMENTS}-user-deployments",
+            "run_k8s_config": {"pod_spec_config": {"automount_service_account_token": True}},
+        }
+        if deployment.get("resources"):
+            k8s["resources"] = deployment["resources"]
+        if isinstance(deployment.get("env"), list):
+            k8s["env"] = deployment["env"]
+        context = context.merge(K8sContainerContext.create_from_config({"k8s": k8s}))
+    image = f"{deployment['image']['repository']}:{deployment['image']['tag']}"
+    job = construct_dagster_k8s_job(
+        job_config=DagsterK8sJobConfig(
+            job_image=image,
+            dagster_home="/opt/dagster/dagster_home",
+            instance_config_map=f"{RELEASE}-instance",
+            postgres_password_secret=values["global"]["postgresqlSecretName"],
+        ),
+        args=["dagster", "api", "execute_run", "{}"],
+        job_name=f"dagster-run-{RUN_ID}",
+        pod_name=f"dagster-run-{RUN_ID}",
+        component="run_worker",
+        user_defined_k8s_config=context.run_k8s_config,
+        labels={"dagster/run-id": RUN_ID},
+    )
+    manifest = ApiClient().sanitize_for_serialization(job)
+    manifest["metadata"]["namespace"] = context.namespace
+    return manifest
 
 
 def pod_spec(job: dict) -> dict:
@@ -271,7 +366,7 @@ def _secretish(name: str) -> bool:
 
 def test_no_secret_value_in_any_manifest():
     documents = list(rendered().values()) + [obj for _, obj in deploy_objects()]
-    documents.append(yaml.safe_load((DEPLOY / "dagster-values.yaml").read_text()))
+    documents.append(dagster_values())
     for document in documents:
         assert _secret_like_values(document) == []
         assert SECRET not in json.dumps(document)
@@ -287,12 +382,12 @@ def test_no_secret_value_in_any_manifest():
 
 
 def test_the_dagster_values_use_the_k8s_run_launcher_and_an_existing_postgres_secret():
-    values = yaml.safe_load((DEPLOY / "dagster-values.yaml").read_text())
+    values = dagster_values()
     assert values["runLauncher"]["type"] == "K8sRunLauncher"
     assert values["postgresql"]["enabled"] is False
     assert values["generatePostgresqlPasswordSecret"] is False
     assert values["global"]["postgresqlSecretName"] == "dagster-postgresql"
-    [deployment] = values["dagster-user-deployments"]["deployments"]
+    deployment = code_location(values)
     assert deployment["dagsterApiGrpcArgs"] == ["--module-name", "thinkube_pipelines.definitions"]
     pod = values["runLauncher"]["config"]["k8sRunLauncher"]["runK8sConfig"]["podSpecConfig"]
     accounts = [obj["metadata"]["name"] for _, obj in deploy_objects() if obj["kind"] == "ServiceAccount"]
@@ -302,22 +397,197 @@ def test_the_dagster_values_use_the_k8s_run_launcher_and_an_existing_postgres_se
         assert f"`{secret}`" in readme
 
 
-def test_the_build_role_grants_exactly_what_a_build_needs():
-    [role] = [
-        o for _, o in deploy_objects() if o["kind"] == "Role" and o["metadata"]["name"].endswith("builds")
+@pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
+def test_run_pods_act_as_the_pipelines_account_with_the_code_locations_settings(version):
+    values = dagster_values()
+    job = run_worker_job(values)
+    kubernetes_validate.validate(job, version, strict=True)
+    pod = pod_spec(job)
+    assert pod["serviceAccountName"] == "thinkube-pipelines"
+    assert job["metadata"]["namespace"] == "thinkube-pipelines"
+    assert job["spec"]["ttlSecondsAfterFinished"] == 7 * 24 * 3600
+    [worker] = pod["containers"]
+    assert worker["image"] == "harbor.example.org/thinkube/thinkube-pipelines:0.1.0"
+    # Every setting of the code server, and its Secrets, reach the run (which resolves the EnvVars).
+    deployment = code_location(values)
+    assert [e for e in worker["env"] if e["name"].startswith("THINKUBE_")] == deployment["env"]
+    secrets = [e["secretRef"]["name"] for e in worker["envFrom"] if "secretRef" in e]
+    assert secrets == [s["name"] for s in deployment["envSecrets"]]
+    assert (
+        worker["resources"]
+        == values["runLauncher"]["config"]["k8sRunLauncher"]["runK8sConfig"]["containerConfig"]["resources"]
+    )
+    assert pod["securityContext"] == deployment["podSecurityContext"]
+    assert worker["securityContext"] == deployment["securityContext"]
+
+
+def test_with_include_config_in_launched_runs_the_code_servers_account_would_win():
+    """Why includeConfigInLaunchedRuns is off: dagster-k8s merges the code location's container context
+    last, so the chart's user-deployments ServiceAccount (and the code server's resources) replace ours."""
+    values = dagster_values()
+    code_location(values)["includeConfigInLaunchedRuns"] = {"enabled": True}
+    job = run_worker_job(values)
+    assert pod_spec(job)["serviceAccountName"] == f"{USER_DEPLOYMENTS}-user-deployments"
+    [worker] = pod_spec(job)["containers"]
+    assert worker["resources"] == code_location(values)["resources"]
+
+
+def test_the_registration_settings_are_the_code_locations():
+    env = {e["name"]: e["value"] for e in code_location(dagster_values())["env"]}
+    assert env[REGISTRATION_ENV] in REGISTRATIONS
+    assert env[THINKUBE_CONTROL_NAMESPACE_ENV] == DEFAULT_THINKUBE_CONTROL_NAMESPACE
+    readme = (DEPLOY.parent / "README.md").read_text()
+    for name in env:
+        assert f"`{name}`" in readme, f"{name} is not in the README's settings table"
+
+
+PACKAGE = DEPLOY.parent / "thinkube_pipelines"
+BUILDS_CODE = PACKAGE / "builders" / "kubernetes.py"
+REGISTRATION_CODE = PACKAGE / "kubernetes" / "cluster.py"
+API_CLIENT = re.compile(r"(?P<name>[\w.]+) = (?P<api>CoreV1Api|BatchV1Api)\(")
+API_CALL = re.compile(
+    r"(?P<partial>partial\(\s*)?\b(?:self\.)?(?P<client>core|batch)\.(?P<method>\w+)(?=\s*[(,)])"
+)
+METHOD = re.compile(r"(?P<action>read|list|create|replace|patch|delete)_namespaced_(?P<resource>\w+)")
+RESOURCES = {
+    ("batch", "job"): ("batch", "jobs"),
+    ("core", "pod"): ("", "pods"),
+    ("core", "pod_log"): ("", "pods/log"),
+    ("core", "event"): ("", "events"),
+    ("core", "config_map"): ("", "configmaps"),
+}
+VERBS = {
+    "read": "get",
+    "list": "list",
+    "create": "create",
+    "replace": "update",
+    "patch": "patch",
+    "delete": "delete",
+}
+
+
+def api_rights(path: Path) -> dict[tuple[str, str], set[str]]:
+    """(apiGroup, resource) -> RBAC verbs, from the official client's calls in `path` (its CoreV1Api is
+    always named `core`, its BatchV1Api `batch`): read_namespaced_X is get, replace_ update, and so on; a
+    list method handed over with functools.partial is the follower's watch (`_watch` lists, then watches
+    from that resourceVersion), so it needs list and watch. Any other method fails: add it here and its
+    right to deploy/."""
+    text = path.read_text()
+    for client in API_CLIENT.finditer(text):
+        assert client["name"] in ("core", "self.core", "batch", "self.batch"), client.group(0)
+    rights: dict[tuple[str, str], set[str]] = {}
+    for call in API_CALL.finditer(text):
+        method = METHOD.fullmatch(call["method"])
+        resource = method and RESOURCES.get((call["client"], method["resource"]))
+        assert resource, f"{path.name}: {call['client']}.{call['method']} is not in RESOURCES"
+        verbs = {VERBS[method["action"]]}
+        if call["partial"]:
+            assert method["action"] == "list", call.group(0)
+            verbs.add("watch")
+        rights.setdefault(resource, set()).update(verbs)
+    return rights
+
+
+def role_rights(name: str) -> dict[tuple[str, str], set[str]]:
+    [role] = [o for _, o in deploy_objects() if o["kind"] == "Role" and o["metadata"]["name"] == name]
+    rights: dict[tuple[str, str], set[str]] = {}
+    for rule in role["rules"]:
+        assert "resourceNames" not in rule, rule
+        for group in rule["apiGroups"]:
+            for resource in rule["resources"]:
+                rights.setdefault((group, resource), set()).update(rule["verbs"])
+    return rights
+
+
+def bound_to(role: str) -> list[tuple[str, str]]:
+    """(namespace of the binding, ServiceAccount) pairs bound to the Role `role`."""
+    return [
+        (o["metadata"]["namespace"], f"{s['namespace']}/{s['name']}")
+        for _, o in deploy_objects()
+        if o["kind"] == "RoleBinding"
+        and o["roleRef"] == {"apiGroup": RBAC_GROUP, "kind": "Role", "name": role}
+        for s in o["subjects"]
     ]
-    grants = {
-        (g, r): set(rule["verbs"])
-        for rule in role["rules"]
-        for g in rule["apiGroups"]
-        for r in rule["resources"]
-    }
-    assert grants == {
+
+
+RBAC_GROUP = "rbac.authorization.k8s.io"
+
+
+def test_the_build_role_grants_exactly_what_the_builder_and_runner_call():
+    wanted = {
         ("batch", "jobs"): {"create", "get", "list", "watch", "delete"},
-        ("", "pods"): {"get", "list", "watch"},
+        ("", "pods"): {"list", "watch"},
         ("", "pods/log"): {"get"},
-        ("", "events"): {"get", "list", "watch"},
+        ("", "events"): {"list"},
     }
+    assert api_rights(BUILDS_CODE) == wanted
+    assert role_rights("thinkube-pipelines-builds") == wanted
+    assert bound_to("thinkube-pipelines-builds") == [
+        ("thinkube-pipelines", "thinkube-pipelines/thinkube-pipelines")
+    ]
+
+
+def test_the_registration_role_grants_exactly_what_ensure_config_map_calls():
+    wanted = {("", "configmaps"): {"get", "create", "update"}}
+    assert api_rights(REGISTRATION_CODE) == wanted
+    assert role_rights("thinkube-pipelines-registration") == wanted
+    # In the namespace the code location is configured with, for the run pods' account.
+    env = {e["name"]: e.get("value") for e in code_location(dagster_values())["env"]}
+    namespace = env[THINKUBE_CONTROL_NAMESPACE_ENV]
+    [role] = [
+        o
+        for _, o in deploy_objects()
+        if o["kind"] == "Role" and o["metadata"]["name"] == "thinkube-pipelines-registration"
+    ]
+    assert role["metadata"]["namespace"] == namespace == DEFAULT_THINKUBE_CONTROL_NAMESPACE
+    assert bound_to("thinkube-pipelines-registration") == [
+        (namespace, "thinkube-pipelines/thinkube-pipelines")
+    ]
+    # Its own file: applied only where thinkube-control (and so its namespace) exists.
+    assert {
+        o["metadata"]["namespace"]
+        for o in yaml.safe_load_all((DEPLOY / "rbac-thinkube-control.yaml").read_text())
+    } == {namespace}
+
+
+def test_no_other_code_calls_the_kubernetes_api():
+    """Every Kubernetes API call of the package is in the two files whose rights the Roles above grant."""
+    client = re.compile(r"^\s*(from|import) (kubernetes|dagster_k8s)\b", re.MULTILINE)
+    callers = {
+        path.relative_to(PACKAGE).as_posix()
+        for path in PACKAGE.rglob("*.py")
+        if client.search(path.read_text())
+    }
+    assert callers == {"builders/kubernetes.py", "kubernetes/cluster.py"}
+
+
+def test_the_rights_scan_sees_every_kind_of_call(tmp_path):
+    code = tmp_path / "code.py"
+    code.write_text(
+        "core = CoreV1Api(api)\ncore.read_namespaced_pod_log(n, ns)\nbatch.delete_namespaced_job(n, ns)\n"
+        "x = partial(self.core.list_namespaced_pod, ns)\ncore.patch_namespaced_config_map(n, ns, b)\n"
+        'selector = "batch.kubernetes.io/controller-uid=x"\n'
+    )
+    assert api_rights(code) == {
+        ("", "pods/log"): {"get"},
+        ("batch", "jobs"): {"delete"},
+        ("", "pods"): {"list", "watch"},
+        ("", "configmaps"): {"patch"},
+    }
+    for call in (
+        "core.list_namespaced_secret(ns)",
+        "core.list_node()",
+        "core.delete_collection_namespaced_pod(ns)",
+    ):
+        code.write_text(call)
+        with pytest.raises(AssertionError, match=re.escape(call.split("(")[0])):
+            api_rights(code)
+    code.write_text("v1 = CoreV1Api(api)\n")
+    with pytest.raises(AssertionError, match="v1 = CoreV1Api"):
+        api_rights(code)
+
+
+def test_no_role_grants_a_wildcard_or_escalation():
     for _, obj in deploy_objects():
         for rule in obj.get("rules", []):
             assert "*" not in rule["verbs"] and "*" not in rule["resources"]
