@@ -10,8 +10,10 @@ policy of batch/v1 Jobs and its warning).
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import requests
-from kubernetes import client
+from kubernetes import client, watch
 
 from tests.fixtures.kubernetes import wait_until
 
@@ -225,11 +227,29 @@ def test_pod_failure_policy_count_and_pod_condition_fail_job(k8s_api, k8s_namesp
 
 
 def test_ttl_after_finished_deletes_the_job_and_its_pods(k8s_api, k8s_namespace):
+    """The Job goes once its finish time (the Complete condition's lastTransitionTime, whole seconds) plus
+    the TTL has passed, Foreground: its pods first. A TTL of 1 s can end the Job at once (finished at
+    x.9 s, it reads x s), before a poll could see it Complete: the test follows it on a watch instead."""
     core, batch = client.CoreV1Api(k8s_api), client.BatchV1Api(k8s_api)
-    batch.create_namespaced_job(k8s_namespace, job("short-lived", ttlSecondsAfterFinished=1))
-    wait_until(lambda: finished(batch, k8s_namespace, "short-lived"))
-    wait_until(lambda: not batch.list_namespaced_job(k8s_namespace).items, timeout_s=10)
-    wait_until(lambda: not job_pods(core, k8s_namespace, "short-lived"))
+    created = batch.create_namespaced_job(k8s_namespace, job("short-lived", ttlSecondsAfterFinished=1))
+    seen = []
+    for event in watch.Watch().stream(
+        batch.list_namespaced_job,
+        k8s_namespace,
+        field_selector="metadata.name=short-lived",
+        resource_version=created.metadata.resource_version,
+        timeout_seconds=30,
+    ):
+        seen.append((event["type"], event["object"]))
+        if event["type"] == "DELETED":
+            break
+    assert seen and seen[-1][0] == "DELETED", [kind for kind, _ in seen]
+    done = next(found for _, found in seen if condition_of(found, "Complete"))
+    finished_at = condition_of(done, "Complete").last_transition_time
+    held = next(found for _, found in seen if found.metadata.deletion_timestamp)
+    assert held.metadata.finalizers == ["foregroundDeletion"]
+    assert held.metadata.deletion_timestamp >= finished_at + timedelta(seconds=1)
+    assert not job_pods(core, k8s_namespace, "short-lived")  # Foreground: gone before the Job
 
 
 def test_deleting_a_job_background_foreground_and_the_default_orphan(

@@ -15,7 +15,10 @@ warning, see app.py), Background for everything else.
 
 **TTL-after-finished** (https://kubernetes.io/docs/concepts/workloads/controllers/ttlafterfinished/): a Job
 that finished (Complete or Failed) `ttlSecondsAfterFinished` ago is deleted with propagationPolicy
-Foreground, as the real controller does, so its pods go first.
+Foreground and its uid as precondition, as the real controller does, so its pods go first. The finish time
+is the real controller's (jobFinishTime): the lastTransitionTime of the first Complete or Failed condition
+that is True, a metav1.Time of one-second resolution, so the Job goes when that second plus the TTL has
+passed: with a TTL of 1 s, anywhere from at once to one second after it finished.
 
 **PodGC** (https://kubernetes.io/docs/concepts/workloads/pods/pod-lifecycle/#pod-garbage-collection): a pod
 bound to a node that no longer exists, or being deleted on a node tainted `node.kubernetes.io/out-of-service`,
@@ -31,7 +34,7 @@ from collections import defaultdict
 from typing import Any
 
 from tests.k8s_sim.resources import RESOURCES, Resource
-from tests.k8s_sim.runtime import JOBS, NODES, PODS, Component, is_true, set_condition
+from tests.k8s_sim.runtime import JOBS, NODES, PODS, Component, set_condition
 from tests.k8s_sim.scheduler import is_terminal
 from tests.k8s_sim.store import Event, parse_time
 
@@ -125,14 +128,15 @@ class TTLAfterFinished(Component):
             ttl = (job.get("spec") or {}).get("ttlSecondsAfterFinished")
             if ttl is None or job["metadata"].get("deletionTimestamp"):
                 continue
-            finished = None
-            for kind in ("Complete", "Failed"):
-                if is_true(job, kind):
-                    cond = next(c for c in job["status"]["conditions"] if c["type"] == kind)
-                    finished = parse_time((job.get("status") or {}).get("completionTime")) or parse_time(
-                        cond.get("lastTransitionTime")
-                    )
-            if finished is None:
+            finished = next(
+                (
+                    parse_time(c.get("lastTransitionTime"))
+                    for c in (job.get("status") or {}).get("conditions") or []
+                    if c.get("type") in ("Complete", "Failed") and c.get("status") == "True"
+                ),
+                None,
+            )
+            if finished is None:  # not finished (or, as the real controller logs, no transition time)
                 continue
             due = finished + int(ttl)
             if due <= current:
