@@ -9,6 +9,7 @@ import json
 import re
 from pathlib import Path
 
+import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
@@ -395,6 +396,100 @@ def test_the_dagster_values_use_the_k8s_run_launcher_and_an_existing_postgres_se
     readme = (DEPLOY / "README.md").read_text()
     for secret in [values["global"]["postgresqlSecretName"], *(s["name"] for s in deployment["envSecrets"])]:
         assert f"`{secret}`" in readme
+
+
+CHART_SCHEMA = Path(__file__).resolve().parent / "reference" / "dagster-helm" / "values.schema.json"
+"""The Dagster chart's values schema (README.md beside it: which revision, and why not 1.13.27's)."""
+KUBERNETES_DEFINITIONS = "https://kubernetesjsonschema.dev/v1.18.0/_definitions.json"
+
+
+def chart_values_validator() -> jsonschema.Draft7Validator:
+    """A validator of a values file against the chart's schema, as helm applies it, with two differences.
+    Helm validates the values merged over the chart's own values.yaml, which supplies the required keys:
+    here `required` is dropped, except for a user deployment (a list item: a list in our values replaces the
+    chart's whole). And an object whose keys the schema names refuses any other key (a
+    misspelt key would otherwise pass and be ignored by the chart's templates). The Kubernetes types the
+    schema references on the web resolve to the definitions kubernetes-validate ships, for 1.30."""
+    import kubernetes_validate as kv
+    from referencing import Registry, Resource
+    from referencing.jsonschema import DRAFT7
+
+    schema = json.loads(CHART_SCHEMA.read_text())
+
+    def adapt(node, name=None):
+        if isinstance(node, dict):
+            if name != "UserDeployment":
+                node.pop("required", None)
+            external = str(node.get("$ref", "")).startswith("https://")
+            if node.get("properties") and "additionalProperties" not in node and not external:
+                node["additionalProperties"] = False
+            for key, value in node.items():
+                if key == "allOf":  # if type is X then config requires x: kept as it is
+                    continue
+                definition = key in schema["definitions"] and value is schema["definitions"][key]
+                adapt(value, key if definition else None)
+        elif isinstance(node, list):
+            for item in node:
+                adapt(item)
+
+    adapt(schema)
+    definitions = json.loads(
+        (
+            Path(kv.__file__).parent / "kubernetes-json-schema" / "v1.30.0-local" / "_definitions.json"
+        ).read_text()
+    )["$defs"]
+    kubernetes = Resource.from_contents({"definitions": definitions, "$defs": definitions}, DRAFT7)
+    return jsonschema.Draft7Validator(
+        schema, registry=Registry().with_resource(KUBERNETES_DEFINITIONS, kubernetes)
+    )
+
+
+def test_the_dagster_values_validate_against_the_charts_schema():
+    values = dagster_values()
+    errors = sorted(chart_values_validator().iter_errors(values), key=lambda e: list(e.absolute_path))
+    assert [f"{'.'.join(map(str, e.absolute_path))}: {e.message}" for e in errors] == []
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "complaint"),
+    [
+        (
+            ("dagster-user-deployments", "deployments", 0, "includeConfigInLaunchedRun"),
+            {"enabled": False},
+            "not allowed",
+        ),
+        (("runLauncher", "config", "k8sRunLauncher", "runK8sConfig", "podSpec"), {}, "not valid under any"),
+        (("runLauncher", "type"), "KubernetesRunLauncher", "is not one of"),
+        (
+            ("dagsterDaemon", "runCoordinator", "config", "queuedRunCoordinator", "maxConcurrentRuns"),
+            "4",
+            "not valid",
+        ),
+        (("dagster-user-deployments", "deployments", 0, "port"), None, "is a required property"),
+        (
+            ("dagster-user-deployments", "deployments", 0, "env", 0, "valueFrom"),
+            {"secretKeyRef": "x"},
+            "not valid under any",
+        ),
+        (("global", "postgresqlSecretname"), "x", "not allowed"),
+        (
+            ("runLauncher", "config"),
+            {"celeryK8sRunLauncher": None},
+            "'k8sRunLauncher' is a required property",
+        ),
+    ],
+)
+def test_the_chart_schema_refuses_what_the_chart_would_not_take(path, value, complaint):
+    values = dagster_values()
+    node = values
+    for key in path[:-1]:
+        node = node[key]
+    if value is None:
+        del node[path[-1]]
+    else:
+        node[path[-1]] = value
+    messages = [e.message for e in chart_values_validator().iter_errors(values)]
+    assert any(complaint in m for m in messages), messages
 
 
 @pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
