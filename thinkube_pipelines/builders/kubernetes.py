@@ -50,7 +50,7 @@ Its exit code is the `RunResult`'s, its log the output; past `timeout_s` of runn
 the result is 124. A check that cannot run (unschedulable, image pull failure) is a `RunError` naming the
 Job, pod, node and reason. A check Job that exited 0 is deleted; one that failed is kept.
 
-The Jobs need the RBAC of deploy/rbac.yaml: jobs create/get/list/watch/delete, pods get/list/watch,
+The Jobs need the RBAC of deploy/rbac.yaml: jobs create/get/list/watch/delete, pods list/watch,
 pods/log get, events list. Credentials never enter a manifest: the registry's Docker config is the Secret
 `registry_secret` (type kubernetes.io/dockerconfigjson), its CA the ConfigMap `ca_configmap`.
 """

@@ -34,9 +34,10 @@ Decisions:
   images can be deleted through its API (backend/app/api/harbor_images.py:410-438).
 - `destination_url` is set (`registry/repository:tag`): the column is NOT NULL (container_images.py:54)
   and discovery gives it no default (image_discovery.py:188), so an entry without it fails to insert.
-- Removal: deleting an image deletes its ConfigMap (found by the `managed-by` label and the image
-  annotation), which stops thinkube-control re-adding it; the row it already imported stays until removed
-  through its API (DELETE /api/v1/harbor/images/{id}), since discovery only upserts.
+- Removal is not automated: removing an image folder leaves its ConfigMap. An operator deletes it (found by
+  the `managed-by` label and the image annotation), which stops thinkube-control re-adding it; the row it
+  already imported stays until removed through its API (DELETE /api/v1/harbor/images/{id}), since
+  discovery only upserts. (Automating it would need `list` and `delete` on configmaps there.)
 - thinkube-control picks its own default Jupyter image (the first row of its table,
   jupyter_images.py:57); ours is recorded as `metadata.default` for whoever reads the row.
 """
