@@ -2,10 +2,13 @@
 
     python -m bench                 everything (about 30 minutes: the cold build is a real buildah build,
                                     the catalog's load runs 2 databases x 3 servers x 3 repetitions x 30 s)
-    python -m bench --quick         the load benchmark at 50 folders and the catalog's load at 10 s a run,
-                                    3 repetitions each; prints, writes nothing
-    python -m bench --only load     one part (load, pipeline or catalog); --out PATH to write its results
+    python -m bench --quick         the load benchmark at 50 folders, the catalog's load at 10 s a run and
+                                    the Kubernetes builder, 3 repetitions each; prints, writes nothing
+    python -m bench --only load     one part (load, pipeline, catalog or kubernetes); --out PATH to write
+                                    its results
     python -m bench --only catalog --quick   the catalog's load only, shortened
+    python -m bench --only kubernetes --update   one part, its section replaced in bench/RESULTS.md (or
+                                    --out PATH), the header and the other sections kept as they are
 
 Every service the benchmarks start is stopped by its own process handle, also on failure or Ctrl-C.
 """
@@ -22,7 +25,7 @@ from pathlib import Path
 
 from bench.catalog_load import CatalogLoadConfig, run_catalog_load, wrk_binary
 from bench.machine import load_average, machine
-from bench.report import render
+from bench.report import alone_note, render, splice
 from bench.timing import REPO, log
 
 RESULTS = REPO / "bench" / "RESULTS.md"
@@ -37,10 +40,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--quick",
         action="store_true",
-        help="load benchmark at 50 folders, catalog load at 10 s a run, 3 repetitions each (with --only: "
-        "that part, shortened; the pipeline has no short form)",
+        help="load benchmark at 50 folders, catalog load at 10 s a run, Kubernetes builder, 3 repetitions "
+        "each (with --only: that part, shortened; the pipeline has no short form)",
     )
-    parser.add_argument("--only", choices=["load", "pipeline", "catalog"], help="run one part")
+    parser.add_argument("--only", choices=["load", "pipeline", "catalog", "kubernetes"], help="run one part")
+    parser.add_argument(
+        "--update",
+        action="store_true",
+        help=f"with --only: replace that part's section in {RESULTS} (or --out PATH), keeping the header "
+        "and the other sections; the section says when it was measured",
+    )
     parser.add_argument("--repetitions", type=int, default=9, help="repetitions of each load measurement")
     parser.add_argument("--reruns", type=int, default=3, help="no-change reruns of the pipeline")
     parser.add_argument(
@@ -54,23 +63,32 @@ def main(argv: list[str] | None = None) -> int:
         help="database(s) of the catalog load benchmark (default: both)",
     )
     parser.add_argument(
+        "--kubernetes-repetitions",
+        type=int,
+        default=9,
+        help="builds (and bare Jobs) of the Kubernetes builder",
+    )
+    parser.add_argument(
         "--out", type=Path, help=f"where to write the results (default {RESULTS}, not with --quick)"
     )
     args = parser.parse_args(argv)
+    if args.update and (args.only is None or args.quick):
+        parser.error("--update needs --only, and writes nothing with --quick")
     signal.signal(signal.SIGTERM, _terminate)
 
-    parts = {"load", "pipeline", "catalog"} if args.only is None else {args.only}
+    parts = {"load", "pipeline", "catalog", "kubernetes"} if args.only is None else {args.only}
     sizes, repetitions = [50, 500], max(3, args.repetitions)
+    builds = max(3, args.kubernetes_repetitions)
     catalog_config = CatalogLoadConfig(
         repetitions=max(1, args.catalog_repetitions),
         duration_s=max(1, args.catalog_duration),
         databases=tuple(args.catalog_database or ("sqlite", "postgresql")),
     )
     if args.quick:
-        parts = {"load", "catalog"} if args.only is None else {args.only}
-        sizes, repetitions = [50], 3
+        parts = {"load", "catalog", "kubernetes"} if args.only is None else {args.only}
+        sizes, repetitions, builds = [50], 3, 3
         catalog_config = replace(catalog_config, repetitions=3, duration_s=10, warmup_s=2)
-    out = args.out or (None if args.quick or args.only else RESULTS)
+    out = args.out or (None if args.quick or (args.only and not args.update) else RESULTS)
     if "catalog" in parts:
         wrk_binary()  # missing wrk stops the run now, not after the other parts
 
@@ -81,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
         "load_before": load_average(),
     }
     log(f"machine: {context['machine']}; load average {context['load_before']}")
-    load = pipeline = catalog = None
+    load = pipeline = catalog = kubernetes = None
     if "load" in parts:
         from bench.load import run_load
 
@@ -99,13 +117,24 @@ def main(argv: list[str] | None = None) -> int:
             f"on {', '.join(catalog_config.databases)}"
         )
         catalog = run_catalog_load(catalog_config)
+    if "kubernetes" in parts:
+        from bench.kubernetes_builder import run_kubernetes_builder
+
+        log(
+            f"Kubernetes builder against the API simulator: {builds} builds and {builds} bare Jobs, "
+            "interleaved"
+        )
+        kubernetes = run_kubernetes_builder(builds)
     context["load_after"] = load_average()
     context["duration"] = f"{(time.monotonic() - started) / 60:.1f} min"
-    text = render(context, load, pipeline, catalog)
+    text = render(context, load, pipeline, catalog, kubernetes)
     print(text, flush=True)
     if out is not None:
+        if args.update and out.exists():
+            command = f"python -m bench --only {args.only} --update"
+            text = splice(out.read_text(encoding="utf-8"), text, alone_note(context, command))
         out.write_text(text, encoding="utf-8")
-        log(f"wrote {out}")
+        log(f"{'updated' if args.update else 'wrote'} {out}")
     return 0
 
 

@@ -3,6 +3,7 @@ absolute median and the number of repetitions. A missed goal is said as such."""
 
 from __future__ import annotations
 
+import re
 import statistics
 import subprocess
 
@@ -11,6 +12,7 @@ from bench.timing import REPO, Sample, ratio
 LOAD_GOAL_50 = 1.3
 RERUN_GOAL_S = 15.0
 EVENTS_GOAL = 60
+BUILDER_OVERHEAD_GOAL_S = 2.0
 
 HEADER = """# Benchmarks
 
@@ -74,7 +76,7 @@ def _row(*cells: object) -> str:
     return "| " + " | ".join(str(c) for c in cells) + " |"
 
 
-def render(context: dict, load, pipeline, catalog=None) -> str:
+def render(context: dict, load, pipeline, catalog=None, kubernetes=None) -> str:
     lines = [
         HEADER,
         f"- date: {context['date']} (the whole run took {context.get('duration', '?')})",
@@ -93,7 +95,43 @@ def render(context: dict, load, pipeline, catalog=None) -> str:
         lines += _pipeline_section(pipeline)
     if catalog is not None:
         lines += _catalog_section(catalog)
+    if kubernetes is not None:
+        lines += _kubernetes_section(kubernetes)
     return "\n".join(lines).rstrip() + "\n"
+
+
+_SECTION = re.compile(r"^## (\d+)\. ", re.MULTILINE)
+
+
+def _sections(text: str) -> tuple[str, dict[int, str]]:
+    """The text before the first numbered section (`## N. ...`), and each section by its number."""
+    found = list(_SECTION.finditer(text))
+    head = text[: found[0].start()] if found else text
+    sections = {}
+    for match, following in zip(found, [*found[1:], None], strict=True):
+        sections[int(match.group(1))] = text[match.start() : following.start() if following else len(text)]
+    return head, sections
+
+
+def splice(existing: str, fresh: str, note: str) -> str:
+    """`existing` (a RESULTS.md) with each numbered section of `fresh` in place of its own (or added in
+    order), `note` under each such section's heading; the header and the other sections stay as they are."""
+    head, sections = _sections(existing)
+    for number, section in _sections(fresh)[1].items():
+        heading, _, body = section.partition("\n")
+        sections[number] = f"{heading}\n\n{note}\n{body}"
+    parts = [head.rstrip()] + [sections[number].rstrip() for number in sorted(sections)]
+    return "\n\n".join(parts) + "\n"
+
+
+def alone_note(context: dict, command: str) -> str:
+    """Where a section measured on its own (`--only PART --update`) says when and how."""
+    before, after = context["load_before"], context.get("load_after", "?")
+    return (
+        f"Measured on its own by `{command}`: {context['date']} (it took {context.get('duration', '?')}), "
+        f"commit {_commit()}, load average before: {before}, after: {after}. The header above describes "
+        "the run that wrote the other sections."
+    )
 
 
 def _load_section(load) -> list[str]:
@@ -529,5 +567,129 @@ def _catalog_database_lines(db) -> list[str]:
         if target.log_errors:
             lines += ["", f"{label}: its first ERROR records during the runs:", "", "```"]
             lines += [*target.log_errors, "```"]
+    lines.append("")
+    return lines
+
+
+KUBERNETES_INTRO = """## 4. The Kubernetes builder's overhead per build
+
+`KubernetesBuilder.build(request)` (thinkube_pipelines/builders/kubernetes.py: context pushed as a registry
+blob, batch/v1 Job created, pod logs streamed, digest read from the termination message and checked against
+the registry, succeeded Job deleted) against services this benchmark started on free ports: the Kubernetes
+API simulator of the tests (tests/k8s_sim, seed `gpu-cluster`, kubelet step {step:g} s) and a CNCF registry
+with htpasswd auth. The build pod is scripted: its `buildkit` container runs T = {run_s:g} s printing
+{lines} log lines evenly over the run, and ends with BuildKit's metadata (`containerimage.digest` of an
+image pushed beforehand under the build's tag) as its termination message. Each build has a fresh build
+key and a fresh context (images/{image} and a nonce file, {kib:.0f} KiB), so its upload and its Job are new.
+
+Baseline: the very Job the builder created (same pod template, same script), under another name, run bare
+with the kubernetes client: create, watch until complete, read the pod's termination message, delete.
+That is what any Job-based builder pays on this cluster (the Job controller, the scheduler, the kubelet,
+the pod's start and end); what the builder adds is its context upload, its look for a Job of the same key,
+its log streaming, the registry's check of the digest. The overhead is the wall time minus T. The runs are
+interleaved (bare Job, build, bare Job, ...) after one warm-up of each that is not counted; between runs
+the namespace is left to empty (Jobs and pods gone), untimed.
+"""
+
+
+def _kubernetes_section(k) -> list[str]:
+    from bench.kubernetes_builder import BASELINE_PHASES, BUILDER_PHASES, IMAGE
+
+    base, build = k.sample("baseline"), k.sample("builder")
+    base_over, build_over = k.overhead("baseline"), k.overhead("builder")
+    goal = BUILDER_OVERHEAD_GOAL_S
+    met = build_over.median < goal
+    every = max(build_over.times) < goal
+    streamed = "yes" if all(run.lines_in_order for run in k.builder) else "**no**"
+    counts = [run.log_requests for run in k.builder]
+    requests = statistics.median(counts)
+    spread = "every build" if min(counts) == max(counts) else f"median; {min(counts)}-{max(counts)}"
+    lines = [
+        KUBERNETES_INTRO.format(
+            step=k.kubelet_step_s, run_s=k.run_s, lines=k.log_lines, image=IMAGE, kib=k.context_bytes / 1024
+        ),
+        _row(
+            "measurement", "median", "min-max", "repetitions", "ratio (medians)", "ratio (minimums)", "goal"
+        ),
+        _row(*["---"] * 7),
+        _row(
+            "baseline: the builder's Job run bare",
+            _s(base.median),
+            base.spread,
+            len(base.times),
+            "1.00x",
+            "1.00x",
+            "",
+        ),
+        _row(
+            "`KubernetesBuilder.build`",
+            _s(build.median),
+            build.spread,
+            len(build.times),
+            f"{ratio(build.median, base.median):.2f}x",
+            f"{ratio(min(build.times), min(base.times)):.2f}x",
+            "",
+        ),
+        _row(
+            f"overhead of the bare Job (wall - T = {k.run_s:g} s)",
+            _s(base_over.median),
+            base_over.spread,
+            len(base_over.times),
+            "1.00x",
+            "1.00x",
+            "",
+        ),
+        _row(
+            f"**overhead of the build** (wall - T = {k.run_s:g} s)",
+            _s(build_over.median),
+            build_over.spread,
+            len(build_over.times),
+            f"{ratio(build_over.median, base_over.median):.2f}x",
+            f"{ratio(min(build_over.times), min(base_over.times)):.2f}x",
+            f"under {goal:g} s: {_verdict(met)}",
+        ),
+        "",
+        f"Goal: the builder's overhead per build under {goal:g} s: {_s(build_over.median)} at the median: "
+        f"{_verdict(met)}; the slowest build's overhead {_s(max(build_over.times))} "
+        f"({'every build under the goal' if every else 'not every build under the goal'}). Of the median, "
+        f"{_s(build.median - base.median)} is the builder's own, above the bare Job's median; the rest, "
+        f"{_s(base_over.median)}, is the simulated cluster's (a real cluster adds the image pull and the "
+        "container start of the BuildKit pod to both).",
+        "",
+        f"Every build streamed its {k.log_lines} log lines in order, each once: {streamed}. It sent "
+        f"{requests:g} pods/log requests (follow) per build ({spread}) for its two "
+        "containers, `context` and `buildkit`"
+        + (
+            ": more than one per container, so a log stream was opened again after it ended. When its stream "
+            "ends, the builder's log follower judges whether its container has finished by the pod state its "
+            "watch has delivered so far, which can lag the end of the stream; if that says no, it waits "
+            "0.1 s and reads the log again from its start, skipping the lines it already has. For `buildkit` "
+            "that falls between the container's end and `build` returning (`complete` below)."
+            if requests > 2
+            else "."
+        ),
+        "",
+        "Where a build's time goes (from the builder's own `[kubernetes]` lines, the first log line it "
+        "streamed, the end of its `buildkit` log stream, and its `create_job`, `follower` and `delete_job`"
+        " methods timed by a subclass):",
+        "",
+        _row("phase of `build`", "median", "min-max", "what"),
+        _row(*["---"] * 4),
+    ]
+    for phase, what in BUILDER_PHASES:
+        median = k.phase_median("builder", phase)
+        lines.append(_row(phase, f"{median:.3f} s", k.phase_spread("builder", phase), what))
+    lines += [
+        "",
+        "`start` ends and `run` begins when the first log line reached the builder, so the opening of the log"
+        " stream counts in `start` (and `run` may come out a little under T); `run` ends when the `buildkit`"
+        " log stream ended, which the simulator does when the container exits.",
+        "",
+        _row("phase of the bare Job", "median", "min-max", "what"),
+        _row(*["---"] * 4),
+    ]
+    for phase, what in BASELINE_PHASES:
+        median = k.phase_median("baseline", phase)
+        lines.append(_row(phase, f"{median:.3f} s", k.phase_spread("baseline", phase), what))
     lines.append("")
     return lines
