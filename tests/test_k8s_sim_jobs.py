@@ -322,3 +322,69 @@ def test_suspended_job_creates_no_pods(k8s_api, k8s_namespace):
     done = wait_until(lambda: finished(batch, k8s_namespace, "later"))
     resumed = next(c for c in done.status.conditions if c.type == "Suspended")
     assert (resumed.status, resumed.reason) == ("False", "JobResumed")
+
+
+def events_of(core, namespace, name, reason):
+    return [
+        e
+        for e in core.list_namespaced_event(namespace, field_selector=f"involvedObject.name={name}").items
+        if e.reason == reason
+    ]
+
+
+def test_a_refused_pod_create_is_a_failed_create_event_and_is_retried(k8s_api, k8s_namespace):
+    """The ServiceAccount admission refuses the Job's pods until the account exists: the job controller's
+    Warning FailedCreate Event "Error creating: <the API's message>", retries after its API backoff, and
+    the Job neither counts a failed pod nor fails."""
+    core, batch = client.CoreV1Api(k8s_api), client.BatchV1Api(k8s_api)
+    batch.create_namespaced_job(
+        k8s_namespace, job("needs-account", backoffLimit=0, template_spec={"serviceAccountName": "builder"})
+    )
+    (refused,) = wait_until(lambda: events_of(core, k8s_namespace, "needs-account", "FailedCreate"))
+    assert (refused.type, refused.source.component, refused.involved_object.kind) == (
+        "Warning",
+        "job-controller",
+        "Job",
+    )
+    assert refused.message == (
+        f'Error creating: pods "needs-account-" is forbidden: error looking up service account '
+        f'{k8s_namespace}/builder: serviceaccount "builder" not found'
+    )
+    waiting = batch.read_namespaced_job("needs-account", k8s_namespace)
+    assert not waiting.status.conditions and not waiting.status.failed and not waiting.status.active
+    assert not job_pods(core, k8s_namespace, "needs-account")
+
+    core.create_namespaced_service_account(k8s_namespace, {"metadata": {"name": "builder"}})
+    done = wait_until(lambda: finished(batch, k8s_namespace, "needs-account"), timeout_s=20)
+    assert condition_of(done, "Complete") and done.status.succeeded == 1 and not done.status.failed
+    (pod,) = job_pods(core, k8s_namespace, "needs-account")
+    assert pod.spec.service_account_name == "builder"
+    assert len(events_of(core, k8s_namespace, "needs-account", "SuccessfulCreate")) == 1
+
+
+def test_an_api_fault_on_the_controllers_pod_create_is_retried(k8s_api, k8s_namespace, k8s_sim):
+    core, batch = client.CoreV1Api(k8s_api), client.BatchV1Api(k8s_api)
+    k8s_sim.fault(
+        f"/namespaces/{k8s_namespace}/pods$",
+        verbs=("create",),
+        status=500,
+        count=2,
+        message="etcd is away",
+        controllers=True,
+    )
+    batch.create_namespaced_job(k8s_namespace, job("unlucky", backoffLimit=0))
+    done = wait_until(lambda: finished(batch, k8s_namespace, "unlucky"), timeout_s=20)
+    assert condition_of(done, "Complete") and not done.status.failed
+    (refused,) = events_of(core, k8s_namespace, "unlucky", "FailedCreate")
+    assert (refused.type, refused.count) == ("Warning", 2)  # the same Event, aggregated
+    assert refused.message == "Error creating: Internal error occurred: etcd is away"
+    assert k8s_sim.control("GET", "")["faults"][0]["hits"] == 2
+
+
+def test_a_fault_without_controllers_is_not_spent_by_them(k8s_api, k8s_namespace, k8s_sim):
+    core, batch = client.CoreV1Api(k8s_api), client.BatchV1Api(k8s_api)
+    k8s_sim.fault(f"/namespaces/{k8s_namespace}/pods$", verbs=("create",), status=500, count=1)
+    batch.create_namespaced_job(k8s_namespace, job("untouched"))
+    wait_until(lambda: finished(batch, k8s_namespace, "untouched"))
+    assert not events_of(core, k8s_namespace, "untouched", "FailedCreate")
+    assert k8s_sim.control("GET", "")["faults"][0]["hits"] == 0

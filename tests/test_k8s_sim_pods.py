@@ -585,3 +585,32 @@ def test_hooked_containers_share_the_pods_volumes(k8s_api, k8s_namespace, k8s_si
         "shared", k8s_namespace, container="build", _preload_content=False
     ).data
     assert text.decode().splitlines() == ["fetched registry/ctx@sha256:00", '{"auths": {}}']
+
+
+def test_a_pod_whose_service_account_is_missing_is_forbidden(k8s_cluster, k8s_namespace):
+    """The ServiceAccount admission plugin; a pod without a name is named by its generateName (admission
+    runs before the name is generated)."""
+    url = f"{k8s_cluster.url}/api/v1/namespaces/{k8s_namespace}/pods"
+    body = pod("p", serviceAccountName="builder")
+    del body["metadata"]["name"]
+    body["metadata"]["generateName"] = "p-"
+    answer = requests.post(url, json=body, timeout=10)
+    assert answer.status_code == 403
+    assert answer.json() == {
+        "kind": "Status",
+        "apiVersion": "v1",
+        "metadata": {},
+        "status": "Failure",
+        "message": f'pods "p-" is forbidden: error looking up service account {k8s_namespace}/builder: '
+        'serviceaccount "builder" not found',
+        "reason": "Forbidden",
+        "details": {"name": "p-", "kind": "pods"},
+        "code": 403,
+    }
+    requests.post(
+        f"{k8s_cluster.url}/api/v1/namespaces/{k8s_namespace}/serviceaccounts",
+        json={"metadata": {"name": "builder"}},
+        timeout=10,
+    ).raise_for_status()
+    created = requests.post(url, json=body, timeout=10)
+    assert created.status_code == 201 and created.json()["spec"]["serviceAccountName"] == "builder"

@@ -366,3 +366,49 @@ def test_a_pod_with_a_missing_claim_is_unschedulable(k8s_api, k8s_namespace):
         "preemption: "
         "0/4 nodes are available: 4 Preemption is not helpful for scheduling."
     )
+
+
+def failed_creates(core, namespace, kind):
+    return [
+        e
+        for e in core.list_namespaced_event(namespace).items
+        if e.reason == "FailedCreate" and e.involved_object.kind == kind
+    ]
+
+
+def test_refused_pod_creates_are_failed_create_events_then_retried(k8s_api, k8s_namespace):
+    """The ReplicaSet and StatefulSet controllers' FailedCreate Events (their own wording) while the
+    ServiceAccount admission refuses their pods; once the account exists, their retries create them."""
+    apps, core = client.AppsV1Api(k8s_api), client.CoreV1Api(k8s_api)
+    account = {"serviceAccountName": "runner"}
+    apps.create_namespaced_deployment(
+        k8s_namespace, deployment("web", replicas=1, template=template("web", **account))
+    )
+    apps.create_namespaced_stateful_set(
+        k8s_namespace,
+        {
+            "metadata": {"name": "db"},
+            "spec": {
+                "replicas": 1,
+                "serviceName": "db",
+                "selector": {"matchLabels": {"app": "db"}},
+                "template": template("db", **account),
+            },
+        },
+    )
+    (rs_event,) = wait_until(lambda: failed_creates(core, k8s_namespace, "ReplicaSet"))
+    why = f'error looking up service account {k8s_namespace}/runner: serviceaccount "runner" not found'
+    rs_name = rs_event.involved_object.name
+    assert rs_event.type == "Warning" and rs_event.source.component == "replicaset-controller"
+    assert rs_event.message == f'Error creating: pods "{rs_name}-" is forbidden: {why}'
+    (sts_event,) = wait_until(lambda: failed_creates(core, k8s_namespace, "StatefulSet"))
+    assert sts_event.type == "Warning" and sts_event.source.component == "statefulset-controller"
+    assert (
+        sts_event.message
+        == f'create Pod db-0 in StatefulSet db failed error: pods "db-0" is forbidden: {why}'
+    )
+    assert not core.list_namespaced_pod(k8s_namespace).items
+
+    core.create_namespaced_service_account(k8s_namespace, {"metadata": {"name": "runner"}})
+    wait_until(lambda: rolled_out(apps, k8s_namespace, "web"), timeout_s=30)
+    wait_until(lambda: apps.read_namespaced_stateful_set("db", k8s_namespace).status.ready_replicas == 1)

@@ -1,7 +1,8 @@
 """A Kubernetes API server simulator for the tests (issue 8), with a simulated control plane and nodes.
 
 The API: app.py (HTTP, pods/log, eviction, DELETE options), store.py (objects, resourceVersions, finalizers,
-graceful deletion, events), defaults.py (defaulting and mutating admission), validation.py (the real OpenAPI
+graceful deletion, events, the ServiceAccount admission check), defaults.py (defaulting and mutating
+admission), validation.py (the real OpenAPI
 schemas and some API rules), resources.py (kinds and discovery), openapi.py (the `/openapi/v2` and
 `/openapi/v3` documents), managed.py and typed.py (server-side apply and `metadata.managedFields`),
 patch.py (JSON, merge and strategic merge patches), protobuf.py (protobuf request bodies), errors.py

@@ -22,7 +22,7 @@ orphanDependents, gracePeriodSeconds, preconditions. `dryRun=All` is honoured. E
 `metadata.managedFields` (managed.py): the field manager is `fieldManager` or the User-Agent's product.
 Bodies are JSON, YAML, or protobuf for the kinds typed clients send that way (protobuf.py); answers are
 JSON (the clients accept it). Faults injected through `/_sim/faults` (faults.py) apply before a request is
-served.
+served (and, for rules that say so, to the controllers' pod creates).
 
 Status codes and Status bodies follow https://kubernetes.io/docs/reference/using-api/api-concepts/ (see
 `errors.py`).
@@ -96,6 +96,8 @@ class Simulator:
         self.bookmark_interval_s = bookmark_interval_s
         self.runtime = runtime
         self.faults = Faults()
+        if runtime is not None:
+            runtime.faults = self.faults
         self.app = Starlette(
             routes=[Route("/{path:path}", self.handle, methods=["GET", "POST", "PUT", "PATCH", "DELETE"])],
             lifespan=self._lifespan,

@@ -80,6 +80,13 @@ def invalid(kind: str, group: str, name: str, causes: list[dict[str, str]]) -> A
     return ApiError(422, "Invalid", f'{qualified_kind} "{name}" is invalid: {joined}', details)
 
 
+def forbidden(qualified: str, group: str, plural: str, name: str, message: str) -> ApiError:
+    """403 Forbidden, as admission refuses: `pods "x" is forbidden: <why>` (NewForbidden)."""
+    return ApiError(
+        403, "Forbidden", f'{qualified} "{name}" is forbidden: {message}', _details(name, group, plural)
+    )
+
+
 def bad_request(message: str) -> ApiError:
     return ApiError(400, "BadRequest", message)
 

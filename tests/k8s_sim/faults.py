@@ -13,7 +13,11 @@ A rule (`POST /_sim/faults`) has:
   https://kubernetes.io/docs/concepts/cluster-administration/flow-control/), 503 (`ServiceUnavailable`),
   504 (`Timeout`), or any other code (reason from the code);
 - `retryAfterSeconds` (429; default 1), `delaySeconds` (wait before answering, with or without a status),
-  `message`.
+  `message`;
+- `controllers` (default false): the simulated controllers' pod creates meet the rule too, as the POST
+  `/api/v1/namespaces/<ns>/pods` (verb `create`) that the Job, ReplicaSet, DaemonSet and StatefulSet
+  controllers send (its status only: a controller does not wait). Off by default, so that a rule aimed at
+  the client under test is not spent by a controller.
 
 Rules are tried in the order they were added; the first that matches and has requests left applies.
 """
@@ -53,10 +57,13 @@ class FaultRule:
     retry_after_s: int = 1
     delay_s: float = 0.0
     message: str = "injected fault"
+    controllers: bool = False
     hits: int = field(default=0)
 
-    def matches(self, path: str, method: str, verb: str) -> bool:
+    def matches(self, path: str, method: str, verb: str, controller: bool = False) -> bool:
         if self.count is not None and self.hits >= self.count:
+            return False
+        if controller and not (self.controllers and self.status is not None):
             return False
         if self.verbs and method not in self.verbs and verb not in self.verbs:
             return False
@@ -106,6 +113,7 @@ class FaultRule:
             "retryAfterSeconds": self.retry_after_s,
             "delaySeconds": self.delay_s,
             "message": self.message,
+            "controllers": self.controllers,
             "hits": self.hits,
         }
 
@@ -142,13 +150,16 @@ class Faults:
             int(spec.get("retryAfterSeconds", 1)),
             float(spec.get("delaySeconds") or 0),
             spec.get("message") or "injected fault",
+            bool(spec.get("controllers", False)),
         )
         self.rules.append(rule)
         return rule
 
-    def match(self, path: str, method: str, verb: str) -> FaultRule | None:
+    def match(self, path: str, method: str, verb: str, controller: bool = False) -> FaultRule | None:
+        """The first rule for a request (`controller`: a simulated controller's write) that applies; its
+        hit is counted."""
         for rule in self.rules:
-            if rule.matches(path, method, verb):
+            if rule.matches(path, method, verb, controller):
                 rule.hits += 1
                 return rule
         return None

@@ -26,11 +26,15 @@ import sys
 import time
 import traceback
 import uuid
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from tests.k8s_sim import errors
 from tests.k8s_sim.resources import Resource, find
 from tests.k8s_sim.store import Event, Store, now
+
+if TYPE_CHECKING:
+    from tests.k8s_sim.faults import Faults
 
 
 def resource(group: str, plural: str) -> Resource:
@@ -163,6 +167,9 @@ class Runtime:
         self._queue: asyncio.Queue | None = None
         self._timer_slots: set[float] = set()
         self._events: dict[tuple[str, str, str, str, str], str] = {}
+        self._create_backoff: dict[str, tuple[int, float]] = {}
+        self.faults: Faults | None = None
+        """The API server's fault rules (app.Simulator sets them): those for controllers fail pod creates."""
         self.sim_url = ""
         from tests.k8s_sim.controllers import gc, jobs, namespaces, nodes, storage, workloads
         from tests.k8s_sim.kubelet import Kubelet
@@ -277,6 +284,57 @@ class Runtime:
             if exc.code != 409:  # a name still taken (a pod still terminating) is retried on a later pass
                 print(f"k8s-sim: create {res.plural} {namespace}: {exc.message}", file=sys.stderr)
             return None
+
+    def create_pod(
+        self,
+        owner: dict[str, Any],
+        body: dict[str, Any],
+        component: str,
+        backoff: tuple[float, float],
+        failed_message: Callable[[str], str] | None = None,
+    ) -> dict[str, Any] | None:
+        """A controller's pod create, as its POST meets the API server: fault rules for controllers
+        (faults.py), then the create with its admission (store.py: the ServiceAccount must exist).
+
+        Refused, it is what controller_utils' RealPodControl does: a Warning Event `FailedCreate` on the
+        owner, "Error creating: <the API's message>" (`failed_message` words it otherwise: the StatefulSet
+        controller's), and the owner's sync is due again after the controller's rate-limited backoff
+        (`backoff`: base and cap in seconds, doubling with each failure in a row; `create_held` says
+        whether it is still running); None. A name still taken (409, a pod still terminating) is left to a
+        later pass, without an Event. The owner itself is not failed by it."""
+        namespace = owner["metadata"]["namespace"]
+        uid = owner["metadata"]["uid"]
+        try:
+            rule = (
+                self.faults.match(f"/api/v1/namespaces/{namespace}/pods", "POST", "create", controller=True)
+                if self.faults is not None
+                else None
+            )
+            error = rule.error() if rule is not None else None
+            if error is not None:
+                raise error
+            created = self.store.create(PODS, namespace, body, trusted=True)[0]
+        except errors.ApiError as exc:
+            if exc.code == 409:
+                return None
+            failures = self._create_backoff.get(uid, (0, 0.0))[0] + 1
+            retry_at = time.time() + min(backoff[0] * 2 ** (failures - 1), backoff[1])
+            self._create_backoff[uid] = (failures, retry_at)
+            self.wake_at(retry_at)
+            message = failed_message(exc.message) if failed_message else f"Error creating: {exc.message}"
+            self.record(owner, "Warning", "FailedCreate", message, component)
+            return None
+        self._create_backoff.pop(uid, None)
+        return created
+
+    def create_held(self, owner: dict[str, Any]) -> bool:
+        """Whether the owner's pod creates wait out the backoff of a refused create (its sync is due again
+        when it ends)."""
+        entry = self._create_backoff.get(owner["metadata"]["uid"])
+        if entry is None or entry[1] <= time.time():
+            return False
+        self.wake_at(entry[1])
+        return True
 
     def update(self, res: Resource, obj: dict[str, Any]) -> dict[str, Any] | None:
         """Write an object (spec and metadata; status is kept), without a resourceVersion precondition."""

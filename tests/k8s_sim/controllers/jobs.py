@@ -15,6 +15,11 @@
   reason `PodFailurePolicy` and the message `Container <c> for pod <ns>/<pod> failed with exit code <n>
   matching FailJob rule at index <i>` or `Pod <ns>/<pod> has condition <type> matching FailJob rule at index
   <i>`; Count counts; Ignore neither counts nor fails).
+- A pod create that the API refuses (admission: a ServiceAccount that does not exist; an injected fault
+  for controllers) is the real controller's: a Warning Event `FailedCreate` "Error creating: <the API's
+  message>" on the Job, the pods after it in that pass are not tried, and the Job is synced again after
+  the API backoff (1 s, doubling, capped at 1 min: DefaultJobApiBackOff, MaxJobApiBackOff). It neither
+  counts as a failed pod nor fails the Job.
 - Replacement pods wait out the backoff: base * 2^(failures since the last success - 1), capped at 6 min
   (the real base is 10 s; the simulator's `--job-backoff-seconds`). With restartPolicy OnFailure, container
   restarts count toward the backoffLimit too.
@@ -58,6 +63,7 @@ from tests.k8s_sim.store import now, parse_time
 COMPONENT = "job-controller"
 INDEX_KEY = "batch.kubernetes.io/job-completion-index"
 MAX_BACKOFF_S = 360.0
+API_BACKOFF_S, MAX_API_BACKOFF_S = 1.0, 60.0  # DefaultJobApiBackOff, MaxJobApiBackOff
 
 
 @dataclass
@@ -376,13 +382,16 @@ class JobController(Component):
             if current < track.last_failure + delay:
                 self.runtime.wake_at(track.last_failure + delay)
                 return active
+        if self.runtime.create_held(job):
+            return active
         for n in range(want):
             pod = self._new_pod(job, todo[n] if indexed else None)
-            if pod is not None:
-                active.append(pod)
-                self.runtime.record(
-                    job, "Normal", "SuccessfulCreate", f"Created pod: {pod['metadata']['name']}", COMPONENT
-                )
+            if pod is None:
+                break  # refused (a FailedCreate Event): the rest waits for the retry, as slow start skips it
+            active.append(pod)
+            self.runtime.record(
+                job, "Normal", "SuccessfulCreate", f"Created pod: {pod['metadata']['name']}", COMPONENT
+            )
         return active
 
     def _new_pod(self, job: dict[str, Any], index: int | None) -> dict[str, Any] | None:
@@ -408,7 +417,9 @@ class JobController(Component):
                         "valueFrom": {"fieldRef": {"fieldPath": f"metadata.annotations['{INDEX_KEY}']"}},
                     }
                 )
-        return self.runtime.create(PODS, job["metadata"]["namespace"], {"metadata": pod_meta, "spec": spec})
+        return self.runtime.create_pod(
+            job, {"metadata": pod_meta, "spec": spec}, COMPONENT, (API_BACKOFF_S, MAX_API_BACKOFF_S)
+        )
 
     def _delete_pod(self, job: dict[str, Any], pod: dict[str, Any]) -> None:
         self.runtime.delete(PODS, pod, propagation=None)

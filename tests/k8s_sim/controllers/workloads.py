@@ -38,6 +38,11 @@ has been Ready for `minReadySeconds`. What each writes follows the real controll
 - **PodDisruptionBudget** status (disruption controller): `expectedPods`, `currentHealthy`, `desiredHealthy`,
   `disruptionsAllowed`, `observedGeneration`, condition DisruptionAllowed.
 
+A pod create that the API refuses (admission, or a fault for controllers: faults.py) gets what the real
+controllers write: a Warning Event `FailedCreate` on the owner ("Error creating: <message>"; the
+StatefulSet's "create Pod <pod> in StatefulSet <sts> failed error: <message>"), no more creates in that
+pass, and a retry after the default controller rate limiter's backoff (5 ms, doubling, capped at 1000 s).
+
 Simplified: the pod-template-hash and revision names are an FNV-1a hash of the template's JSON (the real one
 hashes the Go struct), no ControllerRevision objects, no pod slow-start batches, no pause/rollback
 subresources, no adoption of orphan pods by label, no `terminatingReplicas`.
@@ -187,6 +192,9 @@ def fenceposts(deployment: dict[str, Any]) -> tuple[int, int]:
     return surge, min(unavailable, replicas)
 
 
+CONTROLLER_BACKOFF_S = (0.005, 1000.0)  # workqueue.DefaultTypedControllerRateLimiter's per-item backoff
+
+
 # -- ReplicaSet -------------------------------------------------------------------------------------------
 
 
@@ -214,20 +222,21 @@ class ReplicaSetController(Component):
                 self.runtime.delete(PODS, pod, propagation=None)
         active = [p for p in pods if is_active(p)]
         if len(active) < wanted:
-            for _ in range(wanted - len(active)):
+            for _ in range(wanted - len(active) if not self.runtime.create_held(rs) else 0):
                 body = _pod_from_template(
                     rs, spec.get("template") or {}, {"generateName": f"{rs['metadata']['name']}-"}
                 )
-                created = self.runtime.create(PODS, rs["metadata"]["namespace"], body)
-                if created is not None:
-                    active.append(created)
-                    self.runtime.record(
-                        rs,
-                        "Normal",
-                        "SuccessfulCreate",
-                        f"Created pod: {created['metadata']['name']}",
-                        "replicaset-controller",
-                    )
+                created = self.runtime.create_pod(rs, body, "replicaset-controller", CONTROLLER_BACKOFF_S)
+                if created is None:
+                    break  # refused (FailedCreate): the rest waits for the retry
+                active.append(created)
+                self.runtime.record(
+                    rs,
+                    "Normal",
+                    "SuccessfulCreate",
+                    f"Created pod: {created['metadata']['name']}",
+                    "replicaset-controller",
+                )
         elif len(active) > wanted:
 
             def rank(pod: dict[str, Any]):
@@ -695,7 +704,7 @@ class DaemonSetController(Component):
             for pod in node_pods[1:]:
                 self.runtime.delete(PODS, pod, propagation=None)
         for node_name in sorted(eligible):
-            if not by_node.get(node_name):
+            if not by_node.get(node_name) and not self.runtime.create_held(ds):
                 self._create(ds, pod_spec, node_name, revision)
         # Rolling update: replace one outdated pod at a time, when all are available.
         min_ready = int(ds["spec"].get("minReadySeconds", 0))
@@ -758,7 +767,7 @@ class DaemonSetController(Component):
                 "pod-template-generation": str(ds["metadata"].get("generation", 1)),
             },
         )
-        created = self.runtime.create(PODS, ds["metadata"]["namespace"], body)
+        created = self.runtime.create_pod(ds, body, "daemonset-controller", CONTROLLER_BACKOFF_S)
         if created is not None:
             self.runtime.record(
                 ds,
@@ -809,7 +818,7 @@ class StatefulSetController(Component):
         for ordinal in range(replicas):
             pod = by_ordinal.get(ordinal)
             if pod is None:
-                if blocked:
+                if blocked or self.runtime.create_held(sts):
                     break
                 self._ensure_claims(sts, ordinal)
                 created = self._create(sts, ordinal, revision)
@@ -919,7 +928,13 @@ class StatefulSetController(Component):
                 "statefulset.kubernetes.io/pod-name": pod_name,
             },
         )
-        created = self.runtime.create(PODS, sts["metadata"]["namespace"], body)
+        created = self.runtime.create_pod(
+            sts,
+            body,
+            "statefulset-controller",
+            CONTROLLER_BACKOFF_S,
+            lambda error: f"create Pod {pod_name} in StatefulSet {name} failed error: {error}",
+        )
         if created is not None:
             self.runtime.record(
                 sts,
