@@ -19,15 +19,20 @@ to the session registry and run from there by digest with the buildah runner, as
   .ipynb_checkpoints inside the folders the Dockerfile copies): .dockerignore keeps every planted file,
   and tests/, out of the image.
 
-Slow: the build pip-installs the code location's dependencies (constraints.txt) from PyPI and apt-gets
-tini from Debian's mirror, a few minutes on a small machine. Needs buildah, mmdebstrap and the registry
-fixtures' packages; without the network it fails, saying so.
+The Dockerfile and .dockerignore are also read statically (fast): a digest-pinned base shared with
+images/jupyter-base, constraints.txt, the non-root user deploy/ expects, the chart's gRPC arguments as
+command, a .dockerignore that lets in exactly what the Dockerfile copies.
+
+Slow (the tests that build): the build pip-installs the code location's dependencies (constraints.txt)
+from PyPI and apt-gets tini from Debian's mirror, a few minutes on a small machine. Needs buildah,
+mmdebstrap and the registry fixtures' packages; without the network it fails, saying so.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import re
 import secrets
 import shlex
 import shutil
@@ -55,10 +60,12 @@ from thinkube_pipelines.builders import (
 )
 from thinkube_pipelines.registry.client import RegistryClient
 
-pytestmark = pytest.mark.slow
-
 REPO = Path(__file__).resolve().parents[1]
 VALUES = REPO / "deploy" / "dagster-values.yaml"
+DOCKERFILE = REPO / "Dockerfile"
+DOCKERIGNORE = REPO / ".dockerignore"
+GRPC_PORT = 3030
+"""The port of the chart's user-code deployment (deploy/dagster-values.yaml), which the image exposes."""
 DEPLOYMENT_NAME = "thinkube-pipelines"
 REPOSITORY = "library/thinkube-pipelines-code-location"
 IMAGE_USER = "10001:10001"
@@ -238,6 +245,7 @@ def _image_env(image: CodeLocationImage) -> dict[str, str]:
     return dict(item.split("=", 1) for item in image.config["config"].get("Env") or [])
 
 
+@pytest.mark.slow
 def test_config_runs_the_charts_grpc_server_as_10001_on_the_given_base(
     code_location_image: CodeLocationImage, registry: RegistryServer, registry_debian_base: str
 ):
@@ -267,6 +275,7 @@ def test_config_runs_the_charts_grpc_server_as_10001_on_the_given_base(
     assert diff_ids[0] == base_config["rootfs"]["diff_ids"][0]
 
 
+@pytest.mark.slow
 def test_runs_as_10001_with_a_writable_dagster_home_and_a_read_only_venv(
     code_location_image: CodeLocationImage, buildah_runner: BuildahRunner
 ):
@@ -284,6 +293,7 @@ def test_runs_as_10001_with_a_writable_dagster_home_and_a_read_only_venv(
     assert {"dagster-home-writable", "venv-read-only", "images-read-only"} <= set(lines)
 
 
+@pytest.mark.slow
 def test_the_commands_deploy_calls_are_there(
     code_location_image: CodeLocationImage, buildah_runner: BuildahRunner
 ):
@@ -309,6 +319,7 @@ def test_the_commands_deploy_calls_are_there(
     assert ran.output.splitlines()[-1] == "all-commands-ran"
 
 
+@pytest.mark.slow
 def test_definitions_validate_with_the_deployments_environment(
     code_location_image: CodeLocationImage, buildah_runner: BuildahRunner
 ):
@@ -325,6 +336,7 @@ def test_definitions_validate_with_the_deployments_environment(
     assert "All code locations passed validation" in ran.output
 
 
+@pytest.mark.slow
 def test_grpc_server_answers_the_charts_health_check_and_stops_on_sigterm(
     code_location_image: CodeLocationImage, buildah_runner: BuildahRunner
 ):
@@ -369,6 +381,7 @@ echo "--- server log"; cat /tmp/grpc.log
     assert "Code server was interrupted" in ran.output
 
 
+@pytest.mark.slow
 def test_images_are_there_and_dockerignore_keeps_local_state_out(
     code_location_image: CodeLocationImage, buildah_runner: BuildahRunner
 ):
@@ -408,3 +421,129 @@ def test_images_are_there_and_dockerignore_keeps_local_state_out(
     for name, (digest, executable) in expected.items():
         assert digests[name] == digest, name
         assert bool(modes[name] & 0o111) == executable, f"{name}: mode {modes[name]:o}"
+
+
+# --- the Dockerfile and .dockerignore, read statically ---------------------------------------------
+
+
+def dockerfile_instructions(text: str) -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) in order, continuation lines joined, comments dropped."""
+    instructions: list[tuple[str, str]] = []
+    pending = ""
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not pending and (not line or line.startswith("#")):
+            continue
+        if pending and line.startswith("#"):
+            continue
+        if line.endswith("\\"):
+            pending += line[:-1] + " "
+            continue
+        full = (pending + line).strip()
+        pending = ""
+        keyword, _, arguments = full.partition(" ")
+        instructions.append((keyword.upper(), arguments.strip()))
+    return instructions
+
+
+def _all(instructions: list[tuple[str, str]], keyword: str) -> list[str]:
+    return [arguments for name, arguments in instructions if name == keyword]
+
+
+@pytest.fixture(scope="module")
+def instructions() -> list[tuple[str, str]]:
+    return dockerfile_instructions(DOCKERFILE.read_text())
+
+
+def _deployment() -> dict:
+    values = yaml.safe_load((REPO / "deploy" / "dagster-values.yaml").read_text())
+    (deployment,) = values["dagster-user-deployments"]["deployments"]
+    return deployment
+
+
+def test_image_base_is_python_3_11_slim_bookworm_pinned_by_digest(instructions):
+    (base_arg,) = [a for a in _all(instructions, "ARG") if a.startswith("BASE_IMAGE=")]
+    base = base_arg.removeprefix("BASE_IMAGE=")
+    name, _, digest = base.partition("@")
+    assert name == "docker.io/library/python:3.11-slim-bookworm"
+    assert re.fullmatch(r"sha256:[0-9a-f]{64}", digest)
+    # The base every Jupyter image starts from: one Debian and one Python for the whole project.
+    jupyter_base = yaml.safe_load((REPO / "images" / "jupyter-base" / "image.yaml").read_text())
+    assert jupyter_base["base"]["image"] == base
+    assert _all(instructions, "FROM") == ["${BASE_IMAGE}"]
+
+
+def test_image_runs_as_the_non_root_user_deploy_expects(instructions):
+    users = _all(instructions, "USER")
+    assert users[-1] == IMAGE_USER
+    uid, gid = (int(part) for part in IMAGE_USER.split(":"))
+    assert uid != 0 and gid != 0
+    deployment = _deployment()
+    assert deployment["podSecurityContext"]["runAsUser"] == uid
+    assert deployment["podSecurityContext"]["runAsGroup"] == gid
+    assert deployment["podSecurityContext"]["runAsNonRoot"] is True
+    catalog = next(
+        doc
+        for doc in yaml.safe_load_all((REPO / "deploy" / "catalog.yaml").read_text())
+        if doc["kind"] == "Deployment"
+    )
+    pod_security = catalog["spec"]["template"]["spec"]["securityContext"]
+    assert (pod_security["runAsUser"], pod_security["runAsGroup"]) == (uid, gid)
+
+
+def test_image_installs_the_package_with_constraints(instructions):
+    runs = _all(instructions, "RUN")
+    installs = [
+        command
+        for run in runs
+        for command in run.split("&&")
+        if re.search(r"\bpip install\b", command) and "--upgrade pip" not in command
+    ]
+    assert installs, runs
+    for command in installs:
+        words = shlex.split(command)
+        assert "-c" in words and words[words.index("-c") + 1].endswith("/constraints.txt"), command
+    assert any("[pipeline,catalog]" in command for command in installs)
+    assert any("pip check" in run for run in runs)
+    copies = " ".join(_all(instructions, "COPY"))
+    assert "constraints.txt" in copies and "pyproject.toml" in copies and "thinkube_pipelines" in copies
+    # Builds run as BuildKit Jobs in the cluster: no image builder inside the code location's image.
+    assert not re.search(r"\b(buildah|docker\.io|podman|kaniko)\b", " ".join(runs))
+
+
+def test_image_entrypoint_runs_the_charts_grpc_args(instructions):
+    """Dagster's Helm chart gives a user-code container `args` (not `command`): `dagster api grpc -h 0.0.0.0
+    -p <port> <dagsterApiGrpcArgs>`. So the ENTRYPOINT must run its arguments as given (tini `--`), and the
+    CMD is that very server, for a plain `docker run`."""
+    (entrypoint,) = _all(instructions, "ENTRYPOINT")
+    assert json.loads(entrypoint) == ["tini", "-g", "--"]
+    (cmd,) = _all(instructions, "CMD")
+    deployment = _deployment()
+    chart_args = ["dagster", "api", "grpc", "-h", "0.0.0.0", "-p", str(deployment["port"])]
+    assert json.loads(cmd) == [*chart_args, *deployment["dagsterApiGrpcArgs"]]
+    assert deployment["port"] == GRPC_PORT
+    assert _all(instructions, "EXPOSE") == [str(GRPC_PORT)]
+    env = " ".join(_all(instructions, "ENV"))
+    assert f"DAGSTER_HOME={DAGSTER_HOME}" in env
+    assert "PATH=/opt/venv/bin:" in env
+    assert "THINKUBE_IMAGES_DIR=/opt/thinkube-pipelines/images" in env
+    assert any("-o 10001 -g 10001" in run and DAGSTER_HOME in run for run in _all(instructions, "RUN"))
+    assert ("WORKDIR", "/opt/thinkube-pipelines") in instructions
+    assert "images ./images" in _all(instructions, "COPY")
+
+
+def test_dockerignore_keeps_local_state_out_and_lets_in_what_is_copied(instructions):
+    rules = [
+        line.strip()
+        for line in DOCKERIGNORE.read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    assert rules[0] == "*", "everything out first; then only what the Dockerfile copies"
+    allowed = {rule[1:] for rule in rules if rule.startswith("!")}
+    for kept_out in (".venv", ".state", "node_modules", ".git", ".dagster", "tests"):
+        assert not any(entry == kept_out or entry.startswith(kept_out + "/") for entry in allowed)
+    copied = set()
+    for arguments in _all(instructions, "COPY"):
+        *sources, _destination = arguments.split()
+        copied.update(source for source in sources if not source.startswith("--"))
+    assert copied == allowed
