@@ -17,7 +17,7 @@ FROM ${BASE_IMAGE}
 USER root
 ARG DEBIAN_FRONTEND=noninteractive
 
-# The mmdebstrap base sets no PATH at all, so spell out everything.
+# PATH in full (the venv first), whichever base image set what.
 ENV LANG=C.UTF-8 \
     LC_ALL=C.UTF-8 \
     VIRTUAL_ENV=/opt/venv \
