@@ -44,6 +44,7 @@ import base64
 import contextlib
 import copy
 import json
+import sys
 import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -246,7 +247,8 @@ class Simulator:
         if raw and media == protobuf.MEDIA_TYPE:
             try:
                 return protobuf.decode(raw)
-            except protobuf.Unsupported:
+            except protobuf.Unsupported as exc:
+                print(f"k8s-sim: {request.method} {request.url.path}: protobuf body: {exc}", file=sys.stderr)
                 raise errors.unsupported_media_type(media, BODY_MEDIA_TYPES) from None
         if raw and media not in ("", "application/json", "*/*") and request.method in ("POST", "PUT"):
             raise errors.unsupported_media_type(media, BODY_MEDIA_TYPES)
