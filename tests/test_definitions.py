@@ -31,8 +31,11 @@ def test_the_whole_definitions_object_loads():
     assert keys == {dg.AssetKey([d.name, stage]) for d in images for stage in STAGES}
     assert defs.resolve_job_def("build_images") is not None
     checks = defs.resolve_asset_graph().asset_check_keys
-    assert {c.asset_key for c in checks} == {dg.AssetKey([d.name, "build"]) for d in images}
-    assert all(c.name == "smoke" for c in checks)
+    # The smoke check on every build; the GPU test on the builds of the GPU images only.
+    assert checks == {dg.AssetCheckKey(dg.AssetKey([d.name, "build"]), "smoke") for d in images} | {
+        dg.AssetCheckKey(dg.AssetKey([d.name, "build"]), "gpu") for d in images if d.spec.gpu_required
+    }
+    assert any(d.spec.gpu_required for d in images)
 
 
 def test_chain_edges_and_parent_edges():

@@ -29,7 +29,7 @@ from thinkube_pipelines.settings import GPU_TEST_ENV
 PROBE = Path(__file__).with_name("smoke_probe.py")
 SINGLEUSER_COMMAND = "jupyterhub-singleuser"
 GPU_CHECK_COMMAND = "gpu-check"
-"""The GPU test script every GPU image ships (images/jupyter-ml-gpu/gpu-check)."""
+"""The GPU test script every GPU image ships (the root GPU image installs it, its children inherit it)."""
 GPU_TEST_GPUS = 1
 HISTORY_LOOKBACK = 20
 OUTPUT_TAIL_LINES = 20
