@@ -146,6 +146,8 @@ DEFAULT_SCHEDULE_TIMEOUT_S = 1800
 DEFAULT_START_TIMEOUT_S = 600
 
 LOG_PREFIX = "[kubernetes] "
+LOG_END_GRACE_S = 2.0
+"""How long a log follower waits for its container's exit to show after the log stream ended."""
 """Lines the builder and runner add to a Job's log: what the cluster did with the Job."""
 CONTEXT_TAG_PREFIX = "context-"
 CONTEXT_ARTIFACT_TYPE = "application/vnd.thinkube.build-context.v1+tar"
@@ -825,6 +827,19 @@ class JobFollower:
         state = (_container_status(pod, container) or {}).get("state") or {}
         return bool(state.get("terminated"))
 
+    def _stream_ended_with_container(self, pod_name: str, container: str) -> bool:
+        """A followed log ends when its container exits, and the pod's new state reaches the watch a moment
+        later: wait for it (up to LOG_END_GRACE_S) rather than reopen at once and read the whole log again
+        (a build's log is megabytes). Still running after that: the stream was cut, reopen it."""
+        deadline = time.monotonic() + LOG_END_GRACE_S
+        while not self._stop.is_set():
+            if self._container_finished(pod_name, container):
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            self._stop.wait(0.02)
+        return True
+
     def _follow_log(self, pod_name: str, container: str) -> None:
         """Stream one container's log into the queue; reconnect (skipping the lines already seen) when the
         stream ends before the container did."""
@@ -856,9 +871,8 @@ class JobFollower:
                             self._queue.put(("line", key, line))
                     finally:
                         self._untrack(response)
-                    if self._container_finished(pod_name, container):
+                    if self._stream_ended_with_container(pod_name, container):
                         return
-                    self._stop.wait(0.1)
                 except ApiException as exc:
                     if exc.status == 404 or self._container_finished(pod_name, container):
                         return
