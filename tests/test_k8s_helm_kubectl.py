@@ -24,7 +24,8 @@ from __future__ import annotations
 import json
 import subprocess
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -32,30 +33,30 @@ import pytest
 import requests
 import yaml
 
-from tests.fixtures.kubernetes import RunningSimulator, SimulatorStartError, start_simulator, wait_until
+from tests.fixtures.kubernetes import RunningSimulator, simulator_or_fail, wait_until
 from tests.fixtures.tools import tool_env
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_CHART = REPO / "tests" / "charts" / "tiny"
 JUPYTERHUB_CHART = Path("/work/shared/reference/jupyterhub-4.4.0.tgz")
 DEPLOY_MANIFESTS = [REPO / "deploy" / "rbac.yaml", REPO / "deploy" / "catalog.yaml"]
+DEPLOY_ARGS = [a for path in DEPLOY_MANIFESTS for a in ("-f", str(path))]
 GPU_TOLERATION = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
 COMMAND_TIMEOUT_S = 120
 
 
 @pytest.fixture(scope="module")
 def sim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningSimulator]:
-    try:
-        simulator = start_simulator(tmp_path_factory.mktemp("helm-kubectl-sim"))
-    except SimulatorStartError as exc:
-        pytest.fail(str(exc))
-    with simulator:
+    with simulator_or_fail(tmp_path_factory.mktemp("helm-kubectl-sim")) as simulator:
         yield simulator
 
 
 @pytest.fixture(scope="module")
 def env(sim: RunningSimulator, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     return tool_env(tmp_path_factory.mktemp("helm-kubectl-home"), sim.kubeconfig)
+
+
+Tool = Callable[..., subprocess.CompletedProcess]
 
 
 def run(binary: Path, *args: str, env: dict[str, str], check: bool = True) -> subprocess.CompletedProcess:
@@ -68,6 +69,18 @@ def run(binary: Path, *args: str, env: dict[str, str], check: bool = True) -> su
             f"stdout:\n{result.stdout}\nstderr:\n{result.stderr}"
         )
     return result
+
+
+@pytest.fixture(scope="module")
+def kubectl(kubectl_bin: Path, env: dict[str, str]) -> Tool:
+    """`kubectl(*args, check=True)`: the real kubectl against this module's simulator (see `run`)."""
+    return partial(run, kubectl_bin, env=env)
+
+
+@pytest.fixture(scope="module")
+def helm(helm_bin: Path, env: dict[str, str]) -> Tool:
+    """`helm(*args, check=True)`: the real helm against this module's simulator (see `run`)."""
+    return partial(run, helm_bin, env=env)
 
 
 def get(sim: RunningSimulator, path: str) -> dict[str, Any]:
@@ -86,10 +99,10 @@ def managers(obj: dict[str, Any]) -> dict[tuple[str, str], dict[str, Any]]:
 
 
 @pytest.fixture
-def namespace(kubectl_bin: Path, env: dict[str, str]) -> str:
+def namespace(kubectl: Tool) -> str:
     """A fresh namespace, created with `kubectl create namespace` (a protobuf body, as kubectl sends it)."""
     name = f"h-{uuid.uuid4().hex[:8]}"
-    run(kubectl_bin, "create", "namespace", name, env=env)
+    kubectl("create", "namespace", name)
     return name
 
 
@@ -142,8 +155,8 @@ def test_openapi_v3_documents_carry_paths_schemas_and_merge_keys(sim: RunningSim
     assert requests.get(f"{sim.url}/openapi/v2", headers={"Accept": protobuf}, timeout=10).status_code == 406
 
 
-def test_kubectl_explain_reads_the_v3_schema(kubectl_bin: Path, env: dict[str, str]):
-    result = run(kubectl_bin, "explain", "deployment.spec.template.spec.containers.ports", env=env)
+def test_kubectl_explain_reads_the_v3_schema(kubectl: Tool):
+    result = kubectl("explain", "deployment.spec.template.spec.containers.ports")
     assert "FIELD: ports <[]ContainerPort>" in result.stdout
     assert "containerPort\t<integer> -required-" in result.stdout
 
@@ -152,12 +165,11 @@ def test_kubectl_explain_reads_the_v3_schema(kubectl_bin: Path, env: dict[str, s
 
 
 @pytest.fixture(scope="module")
-def deployed(sim: RunningSimulator, kubectl_bin: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
+def deployed(sim: RunningSimulator, kubectl: Tool) -> subprocess.CompletedProcess:
     """deploy/rbac.yaml and deploy/catalog.yaml applied once with `kubectl apply --server-side`."""
     for name in ("thinkube-pipelines", "jupyterhub"):
-        run(kubectl_bin, "create", "namespace", name, env=env)
-    args = [a for path in DEPLOY_MANIFESTS for a in ("-f", str(path))]
-    return run(kubectl_bin, "apply", "--server-side", *args, env=env)
+        kubectl("create", "namespace", name)
+    return kubectl("apply", "--server-side", *DEPLOY_ARGS)
 
 
 DEPLOY_OBJECTS = [
@@ -196,22 +208,20 @@ def test_kubectl_server_side_apply_creates_deploy_objects_owned_by_kubectl(
 
 
 def test_kubectl_server_side_reapply_changes_nothing(
-    sim: RunningSimulator, deployed: subprocess.CompletedProcess, kubectl_bin: Path, env: dict[str, str]
+    sim: RunningSimulator, deployed: subprocess.CompletedProcess, kubectl: Tool
 ):
     before = {path: get(sim, path)["metadata"]["resourceVersion"] for path in DEPLOY_OBJECTS}
-    args = [a for path in DEPLOY_MANIFESTS for a in ("-f", str(path))]
-    run(kubectl_bin, "apply", "--server-side", *args, env=env)
+    kubectl("apply", "--server-side", *DEPLOY_ARGS)
     after = {path: get(sim, path)["metadata"]["resourceVersion"] for path in DEPLOY_OBJECTS}
     assert after == before
     # kubectl diff --server-side: a server-side dry-run apply; exit 0 means no difference
-    assert run(kubectl_bin, "diff", "--server-side", *args, env=env, check=False).returncode == 0
+    assert kubectl("diff", "--server-side", *DEPLOY_ARGS, check=False).returncode == 0
 
 
 def test_kubectl_apply_by_another_field_manager_conflicts(
     sim: RunningSimulator,
     deployed: subprocess.CompletedProcess,
-    kubectl_bin: Path,
-    env: dict[str, str],
+    kubectl: Tool,
     tmp_path: Path,
 ):
     catalog_yaml = (REPO / "deploy" / "catalog.yaml").read_text()
@@ -219,37 +229,20 @@ def test_kubectl_apply_by_another_field_manager_conflicts(
     three = tmp_path / "catalog-3.yaml"
     three.write_text(catalog_yaml.replace("  replicas: 2\n", "  replicas: 3\n"))
     original = str(REPO / "deploy" / "catalog.yaml")
+    scaler = ["apply", "--server-side", "--field-manager=scaler"]
     try:
-        refused = run(
-            kubectl_bin,
-            "apply",
-            "--server-side",
-            "--field-manager=scaler",
-            "-f",
-            str(three),
-            env=env,
-            check=False,
-        )
+        refused = kubectl(*scaler, "-f", str(three), check=False)
         assert refused.returncode == 1
         assert 'Apply failed with 1 conflict: conflict with "kubectl": .spec.replicas' in refused.stderr
         assert get(sim, CATALOG)["spec"]["replicas"] == 2
         # the same values co-own without conflict; --force-conflicts takes the field over
-        run(kubectl_bin, "apply", "--server-side", "--field-manager=scaler", "-f", original, env=env)
-        run(
-            kubectl_bin,
-            "apply",
-            "--server-side",
-            "--field-manager=scaler",
-            "--force-conflicts",
-            "-f",
-            str(three),
-            env=env,
-        )
+        kubectl(*scaler, "-f", original)
+        kubectl(*scaler, "--force-conflicts", "-f", str(three))
         catalog = get(sim, CATALOG)
         assert catalog["spec"]["replicas"] == 3
         assert "f:replicas" in managers(catalog)[("scaler", "Apply")]["f:spec"]
         assert "f:replicas" not in managers(catalog)[("kubectl", "Apply")]["f:spec"]
-        back = run(kubectl_bin, "apply", "--server-side", "-f", original, env=env, check=False)
+        back = kubectl("apply", "--server-side", "-f", original, check=False)
         assert back.returncode == 1
         assert 'conflict with "scaler": .spec.replicas' in back.stderr
         # the cause the real server writes, read through the API
@@ -266,7 +259,7 @@ def test_kubectl_apply_by_another_field_manager_conflicts(
             {"reason": "FieldManagerConflict", "message": 'conflict with "scaler"', "field": ".spec.replicas"}
         ]
     finally:
-        run(kubectl_bin, "apply", "--server-side", "--force-conflicts", "-f", original, env=env)
+        kubectl("apply", "--server-side", "--force-conflicts", "-f", original)
     assert get(sim, CATALOG)["spec"]["replicas"] == 2
 
 
@@ -277,29 +270,31 @@ def tiny_values(tmp_path: Path, **values: Any) -> list[str]:
     return ["-f", values_file(tmp_path, {"tolerations": [GPU_TOLERATION], **values})]
 
 
+def helm_web(
+    helm: Tool, verb: str, namespace: str, tmp_path: Path, *args: str, check: bool = True, **values: Any
+) -> subprocess.CompletedProcess:
+    """`helm <verb> web tests/charts/tiny -n <namespace>` with the chart's values (the GPU toleration and
+    `values`), then `args`: the release "web" that the helm tests install and upgrade."""
+    return helm(
+        verb, "web", str(TINY_CHART), "-n", namespace, *tiny_values(tmp_path, **values), *args, check=check
+    )
+
+
+def web_deployment(sim: RunningSimulator, namespace: str) -> dict[str, Any]:
+    """The release "web"'s Deployment, as the API serves it now."""
+    return get(sim, f"/apis/apps/v1/namespaces/{namespace}/deployments/web-web")
+
+
 def test_helm_install_wait_of_the_tiny_chart(
     sim: RunningSimulator,
-    helm_bin: Path,
-    kubectl_bin: Path,
-    env: dict[str, str],
+    helm: Tool,
+    kubectl: Tool,
     namespace: str,
     tmp_path: Path,
 ):
-    result = run(
-        helm_bin,
-        "install",
-        "web",
-        str(TINY_CHART),
-        "-n",
-        namespace,
-        *tiny_values(tmp_path),
-        "--wait",
-        "--timeout",
-        "60s",
-        env=env,
-    )
+    result = helm_web(helm, "install", namespace, tmp_path, "--wait", "--timeout", "60s")
     assert "STATUS: deployed" in result.stdout
-    deployment = get(sim, f"/apis/apps/v1/namespaces/{namespace}/deployments/web-web")
+    deployment = web_deployment(sim, namespace)
     assert deployment["status"]["availableReplicas"] == 2
     available = [c for c in deployment["status"]["conditions"] if c["type"] == "Available"]
     assert available[0]["status"] == "True"
@@ -312,36 +307,24 @@ def test_helm_install_wait_of_the_tiny_chart(
     assert [s["metadata"]["name"] for s in secrets] == ["sh.helm.release.v1.web.v1"]
     assert secrets[0]["type"] == "helm.sh/release.v1"
     assert secrets[0]["metadata"]["labels"]["status"] == "deployed"
-    listed = json.loads(run(helm_bin, "list", "-n", namespace, "-o", "json", env=env).stdout)
+    listed = json.loads(helm("list", "-n", namespace, "-o", "json").stdout)
     assert [(r["name"], r["status"], r["revision"]) for r in listed] == [("web", "deployed", "1")]
     # kubectl get prints the server's Table (the real printers' columns)
-    table = run(kubectl_bin, "get", "deployment,service", "-n", namespace, env=env).stdout.splitlines()
+    table = kubectl("get", "deployment,service", "-n", namespace).stdout.splitlines()
     assert table[0].split() == ["NAME", "READY", "UP-TO-DATE", "AVAILABLE", "AGE"]
     assert table[1].split()[:4] == ["deployment.apps/web-web", "2/2", "2", "2"]
     assert table[3].split() == ["NAME", "TYPE", "CLUSTER-IP", "EXTERNAL-IP", "PORT(S)", "AGE"]
     assert table[4].split()[:2] == ["service/web-web", "ClusterIP"] and table[4].split()[4] == "80/TCP"
 
 
-def test_helm_upgrade_wait_succeeds(
-    sim: RunningSimulator, helm_bin: Path, env: dict[str, str], namespace: str, tmp_path: Path
-):
-    install = ["install", "web", str(TINY_CHART), "-n", namespace, *tiny_values(tmp_path), "--wait"]
-    run(helm_bin, *install, env=env)
-    upgrade = run(
-        helm_bin,
-        "upgrade",
-        "web",
-        str(TINY_CHART),
-        "-n",
-        namespace,
-        *tiny_values(tmp_path, image="registry.example.com/tiny/web:1.1", message="bye"),
-        "--wait",
-        "--timeout",
-        "60s",
-        env=env,
-    )
+def test_helm_upgrade_wait_succeeds(sim: RunningSimulator, helm: Tool, namespace: str, tmp_path: Path):
+    helm_web(helm, "install", namespace, tmp_path, "--wait")
+    upgrade = helm_web(
+        helm, "upgrade", namespace, tmp_path, "--wait", "--timeout", "60s",
+        image="registry.example.com/tiny/web:1.1", message="bye",
+    )  # fmt: skip
     assert "STATUS: deployed" in upgrade.stdout and "REVISION: 2" in upgrade.stdout
-    deployment = get(sim, f"/apis/apps/v1/namespaces/{namespace}/deployments/web-web")
+    deployment = web_deployment(sim, namespace)
     assert deployment["metadata"]["generation"] == 2
     assert (
         deployment["spec"]["template"]["spec"]["containers"][0]["image"]
@@ -357,56 +340,27 @@ def test_helm_upgrade_wait_succeeds(
 
 def test_helm_upgrade_conflicts_with_a_field_another_manager_changed(
     sim: RunningSimulator,
-    helm_bin: Path,
-    kubectl_bin: Path,
-    env: dict[str, str],
+    helm: Tool,
+    kubectl: Tool,
     namespace: str,
     tmp_path: Path,
 ):
     """Server-side apply in helm 4: a field changed by `kubectl patch` since is another manager's; the
     upgrade that changes it conflicts, and `--force-conflicts` takes it back."""
-    run(
-        helm_bin,
-        "install",
-        "web",
-        str(TINY_CHART),
-        "-n",
-        namespace,
-        *tiny_values(tmp_path),
-        "--wait",
-        env=env,
+    helm_web(helm, "install", namespace, tmp_path, "--wait")
+    kubectl(
+        "patch", "deployment", "web-web", "-n", namespace, "--type", "merge", "-p", '{"spec":{"replicas":3}}'
     )
-    patch = [
-        "patch",
-        "deployment",
-        "web-web",
-        "-n",
-        namespace,
-        "--type",
-        "merge",
-        "-p",
-        '{"spec":{"replicas":3}}',
-    ]
-    run(kubectl_bin, *patch, env=env)
-    upgrade = [
-        "upgrade",
-        "web",
-        str(TINY_CHART),
-        "-n",
-        namespace,
-        *tiny_values(tmp_path, replicas=4),
-        "--wait",
-    ]
-    refused = run(helm_bin, *upgrade, env=env, check=False)
+    refused = helm_web(helm, "upgrade", namespace, tmp_path, "--wait", check=False, replicas=4)
     assert refused.returncode == 1
     assert (
         f"Error: UPGRADE FAILED: conflict occurred while applying object {namespace}/web-web apps/v1, "
         "Kind=Deployment: Apply failed with 1 conflict: "
         'conflict with "kubectl-patch" using apps/v1: .spec.replicas'
     ) in refused.stderr
-    assert get(sim, f"/apis/apps/v1/namespaces/{namespace}/deployments/web-web")["spec"]["replicas"] == 3
-    run(helm_bin, *upgrade, "--force-conflicts", env=env)
-    deployment = get(sim, f"/apis/apps/v1/namespaces/{namespace}/deployments/web-web")
+    assert web_deployment(sim, namespace)["spec"]["replicas"] == 3
+    helm_web(helm, "upgrade", namespace, tmp_path, "--wait", "--force-conflicts", replicas=4)
+    deployment = web_deployment(sim, namespace)
     assert deployment["spec"]["replicas"] == deployment["status"]["availableReplicas"] == 4
     assert ("kubectl-patch", "Update") not in managers(deployment)
 
@@ -429,7 +383,7 @@ PROTOBUF_REFUSED = (
 
 
 def test_kubectl_create_sends_protobuf_read_for_service_accounts_and_rbac(
-    sim: RunningSimulator, kubectl_bin: Path, env: dict[str, str], namespace: str
+    sim: RunningSimulator, kubectl: Tool, namespace: str
 ):
     """kubectl's object generators send protobuf bodies; those of ServiceAccounts and RBAC objects become the
     objects that `--dry-run=client -o json` prints (the same command's JSON)."""
@@ -448,13 +402,11 @@ def test_kubectl_create_sends_protobuf_read_for_service_accounts_and_rbac(
         ],
     ]
     for command in commands:
-        dry = run(kubectl_bin, "create", *command, "-n", namespace, "--dry-run=client", "-o", "json", env=env)
+        dry = kubectl("create", *command, "-n", namespace, "--dry-run=client", "-o", "json")
         expected = json.loads(dry.stdout)
-        created = run(kubectl_bin, "create", *command, "-n", namespace, "-v=8", env=env)
+        created = kubectl("create", *command, "-n", namespace, "-v=8")
         assert "Content-Type: application/vnd.kubernetes.protobuf" in created.stderr, command
-        found = json.loads(
-            run(kubectl_bin, "get", *command[:2], "-n", namespace, "-o", "json", env=env).stdout
-        )
+        found = json.loads(kubectl("get", *command[:2], "-n", namespace, "-o", "json").stdout)
         assert found["metadata"]["name"] == command[1]
         for key in set(expected) | set(found):
             if key != "metadata":
@@ -462,14 +414,12 @@ def test_kubectl_create_sends_protobuf_read_for_service_accounts_and_rbac(
 
 
 def test_a_protobuf_body_of_a_kind_without_messages_is_refused_as_the_real_api_refuses(
-    sim: RunningSimulator, kubectl_bin: Path, env: dict[str, str], namespace: str, tmp_path: Path
+    sim: RunningSimulator, kubectl: Tool, namespace: str, tmp_path: Path
 ):
     """415 with the real API's Status (never an object decoded in part): `kubectl create deployment` fails
     naming it, and the same Deployment goes through JSON."""
-    refused = run(
-        kubectl_bin, "create", "deployment", "web", "--image=nginx:1.27", "-n", namespace, "-v=8",
-        env=env, check=False,
-    )  # fmt: skip
+    create = ["create", "deployment", "web", "--image=nginx:1.27", "-n", namespace]
+    refused = kubectl(*create, "-v=8", check=False)
     assert refused.returncode == 1
     assert "Content-Type: application/vnd.kubernetes.protobuf" in refused.stderr
     assert f"error: failed to create deployment: {PROTOBUF_REFUSED}" in refused.stderr
@@ -500,36 +450,20 @@ def test_a_protobuf_body_of_a_kind_without_messages_is_refused_as_the_real_api_r
     assert requests.get(f"{sim.url}/api/v1/namespaces/{namespace}/secrets/s", timeout=10).status_code == 404
 
     manifest = tmp_path / "web.yaml"
-    manifest.write_text(
-        run(
-            kubectl_bin, "create", "deployment", "web", "--image=nginx:1.27", "-n", namespace,
-            "--dry-run=client", "-o", "yaml", env=env,
-        ).stdout
-    )  # fmt: skip
-    run(kubectl_bin, "apply", "-f", str(manifest), "-n", namespace, env=env)
+    manifest.write_text(kubectl(*create, "--dry-run=client", "-o", "yaml").stdout)
+    kubectl("apply", "-f", str(manifest), "-n", namespace)
     assert get(sim, path)["spec"]["template"]["spec"]["containers"][0]["image"] == "nginx:1.27"
 
 
 def test_kubectl_scale_goes_through_the_scale_subresource(
     sim: RunningSimulator,
-    helm_bin: Path,
-    kubectl_bin: Path,
-    env: dict[str, str],
+    helm: Tool,
+    kubectl: Tool,
     namespace: str,
     tmp_path: Path,
 ):
-    run(
-        helm_bin,
-        "install",
-        "web",
-        str(TINY_CHART),
-        "-n",
-        namespace,
-        *tiny_values(tmp_path),
-        "--wait",
-        env=env,
-    )
-    run(kubectl_bin, "scale", "deployment/web-web", "-n", namespace, "--replicas=3", env=env)
+    helm_web(helm, "install", namespace, tmp_path, "--wait")
+    kubectl("scale", "deployment/web-web", "-n", namespace, "--replicas=3")
     url = f"/apis/apps/v1/namespaces/{namespace}/deployments/web-web"
     scale = get(sim, f"{url}/scale")
     assert (scale["kind"], scale["apiVersion"], scale["spec"]) == ("Scale", "autoscaling/v1", {"replicas": 3})
@@ -537,36 +471,16 @@ def test_kubectl_scale_goes_through_the_scale_subresource(
     wait_until(lambda: get(sim, url)["status"].get("availableReplicas") == 3, timeout_s=30)
     entry = next(e for e in get(sim, url)["metadata"]["managedFields"] if e.get("subresource") == "scale")
     assert (entry["operation"], entry["fieldsV1"]) == ("Update", {"f:spec": {"f:replicas": {}}})
-    upgrade = run(
-        helm_bin,
-        "upgrade",
-        "web",
-        str(TINY_CHART),
-        "-n",
-        namespace,
-        *tiny_values(tmp_path),
-        env=env,
-        check=False,
-    )
+    upgrade = helm_web(helm, "upgrade", namespace, tmp_path, check=False)
     assert f'conflict with "{entry["manager"]}" with subresource "scale" using apps/v1: .spec.replicas' in (
         upgrade.stderr
     )
 
 
 def _broken_upgrade(
-    sim: RunningSimulator, helm_bin: Path, env: dict[str, str], namespace: str, tmp_path: Path, **values: Any
+    sim: RunningSimulator, helm: Tool, namespace: str, tmp_path: Path, **values: Any
 ) -> subprocess.CompletedProcess:
-    run(
-        helm_bin,
-        "install",
-        "web",
-        str(TINY_CHART),
-        "-n",
-        namespace,
-        *tiny_values(tmp_path),
-        "--wait",
-        env=env,
-    )
+    helm_web(helm, "install", namespace, tmp_path, "--wait")
     sim.script(
         [
             {
@@ -578,24 +492,14 @@ def _broken_upgrade(
         image=r"web:missing$",
     )
     timeout = values.pop("timeout", "60s")
-    return run(
-        helm_bin,
-        "upgrade",
-        "web",
-        str(TINY_CHART),
-        "-n",
-        namespace,
-        *tiny_values(tmp_path, image="registry.example.com/tiny/web:missing", **values),
-        "--wait",
-        "--timeout",
-        timeout,
-        env=env,
-        check=False,
-    )
+    return helm_web(
+        helm, "upgrade", namespace, tmp_path, "--wait", "--timeout", timeout, check=False,
+        image="registry.example.com/tiny/web:missing", **values,
+    )  # fmt: skip
 
 
 def _assert_rollout_stuck(sim: RunningSimulator, namespace: str) -> None:
-    deployment = get(sim, f"/apis/apps/v1/namespaces/{namespace}/deployments/web-web")
+    deployment = web_deployment(sim, namespace)
     pods = get(sim, f"/api/v1/namespaces/{namespace}/pods")["items"]
     new = [p for p in pods if p["spec"]["containers"][0]["image"].endswith(":missing")]
     assert new, "the new ReplicaSet has a pod"
@@ -611,40 +515,35 @@ def _assert_rollout_stuck(sim: RunningSimulator, namespace: str) -> None:
 def test_helm_upgrade_wait_fails_when_the_rollout_exceeds_its_progress_deadline(
     scripts_reset: None,
     sim: RunningSimulator,
-    helm_bin: Path,
-    kubectl_bin: Path,
-    env: dict[str, str],
+    helm: Tool,
+    kubectl: Tool,
     namespace: str,
     tmp_path: Path,
 ):
-    result = _broken_upgrade(sim, helm_bin, env, namespace, tmp_path, progressDeadlineSeconds=3)
+    result = _broken_upgrade(sim, helm, namespace, tmp_path, progressDeadlineSeconds=3)
     assert result.returncode == 1
     assert (
         f"Error: UPGRADE FAILED: resource Deployment/{namespace}/web-web not ready. status: Failed, "
         "message: Progress deadline exceeded" in result.stderr
     )
     _assert_rollout_stuck(sim, namespace)
-    deployment = get(sim, f"/apis/apps/v1/namespaces/{namespace}/deployments/web-web")
+    deployment = web_deployment(sim, namespace)
     progressing = next(c for c in deployment["status"]["conditions"] if c["type"] == "Progressing")
     assert (progressing["status"], progressing["reason"]) == ("False", "ProgressDeadlineExceeded")
-    listed = json.loads(run(helm_bin, "list", "-n", namespace, "--failed", "-o", "json", env=env).stdout)
+    listed = json.loads(helm("list", "-n", namespace, "--failed", "-o", "json").stdout)
     assert [(r["revision"], r["status"]) for r in listed] == [("2", "failed")]
-    statuses = [
-        line.split()[2]
-        for line in run(kubectl_bin, "get", "pods", "-n", namespace, env=env).stdout.splitlines()[1:]
-    ]
+    statuses = [line.split()[2] for line in kubectl("get", "pods", "-n", namespace).stdout.splitlines()[1:]]
     assert sorted(statuses) == ["ImagePullBackOff", "Running", "Running"]
 
 
 def test_helm_upgrade_wait_times_out_when_the_new_image_is_never_pulled(
     scripts_reset: None,
     sim: RunningSimulator,
-    helm_bin: Path,
-    env: dict[str, str],
+    helm: Tool,
     namespace: str,
     tmp_path: Path,
 ):
-    result = _broken_upgrade(sim, helm_bin, env, namespace, tmp_path, timeout="4s")
+    result = _broken_upgrade(sim, helm, namespace, tmp_path, timeout="4s")
     assert result.returncode == 1
     assert f"resource Deployment/{namespace}/web-web not ready. status: InProgress" in result.stderr
     assert "context deadline exceeded" in result.stderr
@@ -661,39 +560,25 @@ def scripts_reset(sim: RunningSimulator) -> Iterator[None]:
 
 
 def test_helm_client_side_upgrade_uses_strategic_merge_patches(
-    sim: RunningSimulator, helm_bin: Path, env: dict[str, str], namespace: str, tmp_path: Path
+    sim: RunningSimulator, helm: Tool, namespace: str, tmp_path: Path
 ):
     """`--server-side=false`: helm's three-way strategic merge patches (containers merged by name)."""
-    common = ["-n", namespace, "--server-side=false", "--wait", "--timeout", "60s"]
-    run(helm_bin, "install", "web", str(TINY_CHART), *common, *tiny_values(tmp_path), env=env)
-    deployment = get(sim, f"/apis/apps/v1/namespaces/{namespace}/deployments/web-web")
+    common = ["--server-side=false", "--wait", "--timeout", "60s"]
+    helm_web(helm, "install", namespace, tmp_path, *common)
+    deployment = web_deployment(sim, namespace)
     assert ("helm", "Update") in managers(deployment) and ("helm", "Apply") not in managers(deployment)
-    run(
-        helm_bin, "upgrade", "web", str(TINY_CHART), *common, *tiny_values(tmp_path, image="x/web:2"), env=env
-    )
-    container = get(sim, f"/apis/apps/v1/namespaces/{namespace}/deployments/web-web")["spec"]["template"][
-        "spec"
-    ]["containers"]
+    helm_web(helm, "upgrade", namespace, tmp_path, *common, image="x/web:2")
+    container = web_deployment(sim, namespace)["spec"]["template"]["spec"]["containers"]
     assert [(c["name"], c["image"]) for c in container] == [("web", "x/web:2")]
     assert container[0]["env"][0]["name"] == "MESSAGE"
     assert container[0]["ports"] == [{"name": "http", "containerPort": 8080, "protocol": "TCP"}]
 
 
 def test_helm_uninstall_removes_the_objects_and_the_release(
-    sim: RunningSimulator, helm_bin: Path, env: dict[str, str], namespace: str, tmp_path: Path
+    sim: RunningSimulator, helm: Tool, namespace: str, tmp_path: Path
 ):
-    run(
-        helm_bin,
-        "install",
-        "web",
-        str(TINY_CHART),
-        "-n",
-        namespace,
-        *tiny_values(tmp_path),
-        "--wait",
-        env=env,
-    )
-    run(helm_bin, "uninstall", "web", "-n", namespace, "--wait", "--timeout", "60s", env=env)
+    helm_web(helm, "install", namespace, tmp_path, "--wait")
+    helm("uninstall", "web", "-n", namespace, "--wait", "--timeout", "60s")
     for path in (
         f"/apis/apps/v1/namespaces/{namespace}/deployments/web-web",
         f"/api/v1/namespaces/{namespace}/services/web-web",
@@ -719,9 +604,8 @@ reclaimPolicy: Delete
 @pytest.mark.skipif(not JUPYTERHUB_CHART.is_file(), reason=f"{JUPYTERHUB_CHART} is not on this machine")
 def test_helm_install_and_upgrade_wait_of_the_jupyterhub_chart(
     sim: RunningSimulator,
-    helm_bin: Path,
-    kubectl_bin: Path,
-    env: dict[str, str],
+    helm: Tool,
+    kubectl: Tool,
     namespace: str,
     tmp_path: Path,
 ):
@@ -729,11 +613,11 @@ def test_helm_install_and_upgrade_wait_of_the_jupyterhub_chart(
     pre-upgrade hooks), its pods tolerating the GPU nodes' taint, on a cluster with a default StorageClass."""
     storage_class = tmp_path / "storage-class.yaml"
     storage_class.write_text(LOCAL_STORAGE_CLASS)
-    run(kubectl_bin, "apply", "--server-side", "-f", str(storage_class), env=env)
+    kubectl("apply", "--server-side", "-f", str(storage_class))
     tolerations = {"tolerations": [GPU_TOLERATION]}
     values = {"scheduling": {"corePods": tolerations, "userPods": tolerations}}
     args = ["-n", namespace, "-f", values_file(tmp_path, values), "--wait", "--timeout", "120s"]
-    install = run(helm_bin, "install", "hub", str(JUPYTERHUB_CHART), *args, env=env)
+    install = helm("install", "hub", str(JUPYTERHUB_CHART), *args)
     assert "STATUS: deployed" in install.stdout
     for name in ("hub", "proxy", "user-scheduler"):
         deployment = get(sim, f"/apis/apps/v1/namespaces/{namespace}/deployments/{name}")
@@ -748,7 +632,7 @@ def test_helm_install_and_upgrade_wait_of_the_jupyterhub_chart(
         "hub.config.JupyterHub.cookie_secret"
         in get(sim, f"/api/v1/namespaces/{namespace}/secrets/hub")["data"]
     )
-    upgrade = run(helm_bin, "upgrade", "hub", str(JUPYTERHUB_CHART), *args, env=env)
+    upgrade = helm("upgrade", "hub", str(JUPYTERHUB_CHART), *args)
     assert "REVISION: 2" in upgrade.stdout
     # the pre-upgrade hooks ran (the awaiter Job completed) and were deleted (hook-succeeded)
     events = get(sim, f"/api/v1/namespaces/{namespace}/events")["items"]
