@@ -26,7 +26,8 @@ import sys
 import time
 import traceback
 import uuid
-from collections.abc import Callable
+from collections import defaultdict
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from tests.k8s_sim import errors
@@ -125,6 +126,17 @@ def controller_uid(obj: dict[str, Any]) -> str | None:
         if ref.get("controller"):
             return ref.get("uid")
     return None
+
+
+def by_controller(objects: Iterable[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """The objects by the uid of their controller (the ownerReference with `controller: true`); those
+    without one are left out."""
+    owned: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for obj in objects:
+        uid = controller_uid(obj)
+        if uid:
+            owned[uid].append(obj)
+    return dict(owned)
 
 
 class Component:

@@ -44,7 +44,6 @@ from __future__ import annotations
 
 import copy
 import time
-from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -52,7 +51,7 @@ from tests.k8s_sim.runtime import (
     JOBS,
     PODS,
     Component,
-    controller_uid,
+    by_controller,
     is_true,
     owner_reference,
     set_condition,
@@ -174,11 +173,7 @@ class JobController(Component):
         self.tracking: dict[str, Tracking] = {}
 
     def sync(self) -> None:
-        owned: dict[str, list[dict[str, Any]]] = defaultdict(list)
-        for pod in self.store.iter(PODS):
-            uid = controller_uid(pod)
-            if uid:
-                owned[uid].append(pod)
+        owned = by_controller(self.store.iter(PODS))
         live = set()
         for job in list(self.store.iter(JOBS)):
             uid = job["metadata"]["uid"]

@@ -55,9 +55,11 @@ import json
 import math
 import time
 from collections import defaultdict
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from tests.k8s_sim import defaults
+from tests.k8s_sim.resources import Resource
 from tests.k8s_sim.runtime import (
     DAEMONSETS,
     DEPLOYMENTS,
@@ -67,15 +69,16 @@ from tests.k8s_sim.runtime import (
     REPLICASETS,
     STATEFULSETS,
     Component,
+    Runtime,
+    by_controller,
     condition,
-    controller_uid,
     is_true,
     owner_reference,
     resource,
     set_condition,
 )
 from tests.k8s_sim.scheduler import node_matches, untolerated_taint
-from tests.k8s_sim.store import now, parse_time
+from tests.k8s_sim.store import Store, now, parse_time
 
 PDBS = resource("policy", "poddisruptionbudgets")
 _SAFE = "bcdfghjklmnpqrstvwxz2456789"
@@ -122,6 +125,26 @@ def is_active(pod: dict[str, Any]) -> bool:
     return (pod.get("status") or {}).get("phase") not in ("Succeeded", "Failed") and not pod["metadata"].get(
         "deletionTimestamp"
     )
+
+
+def live_with_owned(
+    store: Store, owners: Resource, owned: Resource
+) -> Iterator[tuple[dict[str, Any], list[dict[str, Any]]]]:
+    """Each object of `owners` not being deleted, with the objects of `owned` it is the controller of (those
+    read before the first is yielded)."""
+    by_owner = by_controller(store.iter(owned))
+    for owner in list(store.iter(owners)):
+        if not owner["metadata"].get("deletionTimestamp"):
+            yield owner, by_owner.get(owner["metadata"]["uid"], [])
+
+
+def delete_failed(runtime: Runtime, pods: Iterable[dict[str, Any]]) -> None:
+    """Delete the Failed pods not being deleted yet (a workload controller replaces them)."""
+    for pod in pods:
+        if (pod.get("status") or {}).get("phase") == "Failed" and not pod["metadata"].get(
+            "deletionTimestamp"
+        ):
+            runtime.delete(PODS, pod, propagation=None)
 
 
 def ready_since(pod: dict[str, Any]) -> float | None:
@@ -202,24 +225,13 @@ class ReplicaSetController(Component):
     interests = frozenset({"replicasets", "pods"})
 
     def sync(self) -> None:
-        pods_by_owner: dict[str, list[dict[str, Any]]] = defaultdict(list)
-        for pod in self.store.iter(PODS):
-            uid = controller_uid(pod)
-            if uid:
-                pods_by_owner[uid].append(pod)
-        for rs in list(self.store.iter(REPLICASETS)):
-            if rs["metadata"].get("deletionTimestamp"):
-                continue
-            self.sync_one(rs, pods_by_owner.get(rs["metadata"]["uid"], []))
+        for rs, pods in live_with_owned(self.store, REPLICASETS, PODS):
+            self.sync_one(rs, pods)
 
     def sync_one(self, rs: dict[str, Any], pods: list[dict[str, Any]]) -> None:
         spec = rs["spec"]
         wanted = int(spec.get("replicas", 1))
-        for pod in pods:
-            if (pod.get("status") or {}).get("phase") == "Failed" and not pod["metadata"].get(
-                "deletionTimestamp"
-            ):
-                self.runtime.delete(PODS, pod, propagation=None)
+        delete_failed(self.runtime, pods)
         active = [p for p in pods if is_active(p)]
         if len(active) < wanted:
             for _ in range(wanted - len(active) if not self.runtime.create_held(rs) else 0):
@@ -301,15 +313,8 @@ class DeploymentController(Component):
     interests = frozenset({"deployments", "replicasets", "pods"})
 
     def sync(self) -> None:
-        by_owner: dict[str, list[dict[str, Any]]] = defaultdict(list)
-        for rs in self.store.iter(REPLICASETS):
-            uid = controller_uid(rs)
-            if uid:
-                by_owner[uid].append(rs)
-        for deployment in list(self.store.iter(DEPLOYMENTS)):
-            if deployment["metadata"].get("deletionTimestamp"):
-                continue
-            self.sync_one(deployment, by_owner.get(deployment["metadata"]["uid"], []))
+        for deployment, sets in live_with_owned(self.store, DEPLOYMENTS, REPLICASETS):
+            self.sync_one(deployment, sets)
 
     def sync_one(self, deployment: dict[str, Any], sets: list[dict[str, Any]]) -> None:
         spec = deployment["spec"]
@@ -650,16 +655,9 @@ class DaemonSetController(Component):
     interests = frozenset({"daemonsets", "pods", "nodes"})
 
     def sync(self) -> None:
-        pods_by_owner: dict[str, list[dict[str, Any]]] = defaultdict(list)
-        for pod in self.store.iter(PODS):
-            uid = controller_uid(pod)
-            if uid:
-                pods_by_owner[uid].append(pod)
         nodes = sorted(self.store.iter(NODES), key=lambda n: n["metadata"]["name"])
-        for ds in list(self.store.iter(DAEMONSETS)):
-            if ds["metadata"].get("deletionTimestamp"):
-                continue
-            self.sync_one(ds, pods_by_owner.get(ds["metadata"]["uid"], []), nodes)
+        for ds, pods in live_with_owned(self.store, DAEMONSETS, PODS):
+            self.sync_one(ds, pods, nodes)
 
     @staticmethod
     def _pod_spec(ds: dict[str, Any]) -> dict[str, Any]:
@@ -686,11 +684,7 @@ class DaemonSetController(Component):
             for n in nodes
             if node_matches(pod_spec, n) and untolerated_taint(pod_spec, n) is None
         }
-        for pod in pods:
-            if (pod.get("status") or {}).get("phase") == "Failed" and not pod["metadata"].get(
-                "deletionTimestamp"
-            ):
-                self.runtime.delete(PODS, pod, propagation=None)
+        delete_failed(self.runtime, pods)
         active = [p for p in pods if is_active(p)]
         by_node: dict[str, list[dict[str, Any]]] = defaultdict(list)
         for pod in active:
@@ -785,15 +779,8 @@ class StatefulSetController(Component):
     interests = frozenset({"statefulsets", "pods", "persistentvolumeclaims"})
 
     def sync(self) -> None:
-        pods_by_owner: dict[str, list[dict[str, Any]]] = defaultdict(list)
-        for pod in self.store.iter(PODS):
-            uid = controller_uid(pod)
-            if uid:
-                pods_by_owner[uid].append(pod)
-        for sts in list(self.store.iter(STATEFULSETS)):
-            if sts["metadata"].get("deletionTimestamp"):
-                continue
-            self.sync_one(sts, pods_by_owner.get(sts["metadata"]["uid"], []))
+        for sts, pods in live_with_owned(self.store, STATEFULSETS, PODS):
+            self.sync_one(sts, pods)
 
     def sync_one(self, sts: dict[str, Any], pods: list[dict[str, Any]]) -> None:
         spec = sts["spec"]
@@ -809,11 +796,7 @@ class StatefulSetController(Component):
             except (IndexError, ValueError):
                 continue
             by_ordinal[ordinal] = pod
-        for pod in list(by_ordinal.values()):
-            if (pod.get("status") or {}).get("phase") == "Failed" and not pod["metadata"].get(
-                "deletionTimestamp"
-            ):
-                self.runtime.delete(PODS, pod, propagation=None)
+        delete_failed(self.runtime, list(by_ordinal.values()))
         blocked = False
         for ordinal in range(replicas):
             pod = by_ordinal.get(ordinal)
