@@ -22,6 +22,7 @@ Two sources, as in the real server:
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Callable
 from typing import Any
 
 DEFAULT_TOLERATION_SECONDS = 300
@@ -218,10 +219,24 @@ def persistent_volume_claim(obj: dict[str, Any], default_class: str | None) -> N
     obj["status"] = {"phase": "Pending"}
 
 
-def persistent_volume(obj: dict[str, Any]) -> None:
+WORKLOADS: dict[str, Callable[[dict[str, Any]], None]] = {
+    "Deployment": deployment,
+    "ReplicaSet": replica_set,
+    "DaemonSet": daemon_set,
+    "StatefulSet": stateful_set,
+}
+"""The workload kinds' defaulting, by kind: the same on create and on every update."""
+
+
+def persistent_volume_spec(obj: dict[str, Any]) -> None:
+    """A PersistentVolume's spec defaults (on create and on every update)."""
     spec = obj.setdefault("spec", {})
     spec.setdefault("persistentVolumeReclaimPolicy", "Retain")
     spec.setdefault("volumeMode", "Filesystem")
+
+
+def persistent_volume(obj: dict[str, Any]) -> None:
+    persistent_volume_spec(obj)
     obj["status"] = {"phase": "Pending"}
 
 

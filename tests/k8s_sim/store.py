@@ -310,14 +310,8 @@ class Store:
             obj["status"] = status
         elif kind == "Job":
             defaults.job(obj, obj["metadata"]["uid"])
-        elif kind == "Deployment":
-            defaults.deployment(obj)
-        elif kind == "ReplicaSet":
-            defaults.replica_set(obj)
-        elif kind == "DaemonSet":
-            defaults.daemon_set(obj)
-        elif kind == "StatefulSet":
-            defaults.stateful_set(obj)
+        elif kind in defaults.WORKLOADS:
+            defaults.WORKLOADS[kind](obj)
         elif kind == "PersistentVolumeClaim":
             defaults.persistent_volume_claim(obj, self.default_storage_class())
         elif kind == "PersistentVolume":
@@ -337,20 +331,12 @@ class Store:
             defaults.pod_spec(obj.setdefault("spec", {}))
         elif kind == "Job":
             defaults.job(obj, current["metadata"]["uid"])
-        elif kind == "Deployment":
-            defaults.deployment(obj)
-        elif kind == "ReplicaSet":
-            defaults.replica_set(obj)
-        elif kind == "DaemonSet":
-            defaults.daemon_set(obj)
-        elif kind == "StatefulSet":
-            defaults.stateful_set(obj)
+        elif kind in defaults.WORKLOADS:
+            defaults.WORKLOADS[kind](obj)
         elif kind == "PersistentVolumeClaim":
             obj.setdefault("spec", {}).setdefault("volumeMode", "Filesystem")
         elif kind == "PersistentVolume":
-            spec = obj.setdefault("spec", {})
-            spec.setdefault("persistentVolumeReclaimPolicy", "Retain")
-            spec.setdefault("volumeMode", "Filesystem")
+            defaults.persistent_volume_spec(obj)
         elif kind == "Service":
             spec, previous = obj.setdefault("spec", {}), current.get("spec") or {}
             for field in ("clusterIP", "clusterIPs", "ipFamilies", "ipFamilyPolicy"):
