@@ -848,6 +848,21 @@ class PodWorker:
                 return f'configmap "{ref.get("name", "")}" not found'
         return None
 
+    def _crash_loop_back_off(self, container: ContainerState, attempt: int) -> float:
+        """A failed container waits in CrashLoopBackOff before its restart number `attempt` (its last run
+        kept as its last state): the delay, the base doubling from the first restart, at most 5 min."""
+        delay = min(self.runtime.restart_backoff_base_s * 2 ** (attempt - 1), 300.0)
+        container.last_state = {"terminated": container.terminated} if container.terminated else {}
+        container.restarts += 1
+        container.state = {
+            "waiting": {
+                "reason": "CrashLoopBackOff",
+                "message": f"back-off {int(delay)}s restarting failed container={container.name} "
+                f"pod={self.name}_{self.namespace}({self.uid})",
+            }
+        }
+        return delay
+
     async def _keep_running(self, container: ContainerState) -> None:
         """Run a container, restarting it per the restartPolicy (sidecars: always)."""
         attempt = 0
@@ -861,16 +876,7 @@ class PodWorker:
             if not container.sidecar and policy == "Always" and ok and not self.main:
                 return
             attempt += 1
-            delay = min(self.runtime.restart_backoff_base_s * 2 ** (attempt - 1), 300.0)
-            container.last_state = {"terminated": container.terminated} if container.terminated else {}
-            container.restarts += 1
-            container.state = {
-                "waiting": {
-                    "reason": "CrashLoopBackOff",
-                    "message": f"back-off {int(delay)}s restarting failed container={container.name} "
-                    f"pod={self.name}_{self.namespace}({self.uid})",
-                }
-            }
+            delay = self._crash_loop_back_off(container, attempt)
             container.started = False
             self.publish()
             self.event(
@@ -893,16 +899,7 @@ class PodWorker:
             if self._stop.is_set() or self.restart_policy == "Never" or container.state.get("waiting"):
                 return False
             attempt += 1
-            delay = min(self.runtime.restart_backoff_base_s * 2 ** (attempt - 1), 300.0)
-            container.last_state = {"terminated": container.terminated} if container.terminated else {}
-            container.restarts += 1
-            container.state = {
-                "waiting": {
-                    "reason": "CrashLoopBackOff",
-                    "message": f"back-off {int(delay)}s restarting failed container={container.name} "
-                    f"pod={self.name}_{self.namespace}({self.uid})",
-                }
-            }
+            delay = self._crash_loop_back_off(container, attempt)
             self.publish()
             if await self._sleep(delay):
                 return False
