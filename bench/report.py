@@ -673,23 +673,22 @@ def _kubernetes_section(k) -> list[str]:
         "streamed, the end of its `buildkit` log stream, and its `create_job`, `follower` and `delete_job`"
         " methods timed by a subclass):",
         "",
-        _row("phase of `build`", "median", "min-max", "what"),
-        _row(*["---"] * 4),
-    ]
-    for phase, what in BUILDER_PHASES:
-        median = k.phase_median("builder", phase)
-        lines.append(_row(phase, f"{median:.3f} s", k.phase_spread("builder", phase), what))
-    lines += [
+        *_phase_table(k, "builder", "phase of `build`", BUILDER_PHASES),
         "",
         "`start` ends and `run` begins when the first log line reached the builder, so the opening of the log"
         " stream counts in `start` (and `run` may come out a little under T); `run` ends when the `buildkit`"
         " log stream ended, which the simulator does when the container exits.",
         "",
-        _row("phase of the bare Job", "median", "min-max", "what"),
-        _row(*["---"] * 4),
+        *_phase_table(k, "baseline", "phase of the bare Job", BASELINE_PHASES),
+        "",
     ]
-    for phase, what in BASELINE_PHASES:
-        median = k.phase_median("baseline", phase)
-        lines.append(_row(phase, f"{median:.3f} s", k.phase_spread("baseline", phase), what))
-    lines.append("")
+    return lines
+
+
+def _phase_table(k, side: str, title: str, phases) -> list[str]:
+    """The median and the spread of each of `phases` (name, what it is) of `side` ("builder" or
+    "baseline"), a table row each."""
+    lines = [_row(title, "median", "min-max", "what"), _row(*["---"] * 4)]
+    for phase, what in phases:
+        lines.append(_row(phase, f"{k.phase_median(side, phase):.3f} s", k.phase_spread(side, phase), what))
     return lines
