@@ -60,21 +60,11 @@ GPU_NODES = {"gpu-node-1", "gpu-node-2", "gpu-node-3"}
 # -- fixtures and helpers ---------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def core(k8s_api) -> k8s.CoreV1Api:
-    return k8s.CoreV1Api(k8s_api)
-
-
-@pytest.fixture
-def batch(k8s_api) -> k8s.BatchV1Api:
-    return k8s.BatchV1Api(k8s_api)
-
-
-def docker_config_secret(core: k8s.CoreV1Api, namespace: str, registry) -> None:
+def docker_config_secret(k8s_core: k8s.CoreV1Api, namespace: str, registry) -> None:
     """The Secret the build pods mount (type kubernetes.io/dockerconfigjson), as the operator creates it."""
     auth = base64.b64encode(f"{registry.username}:{registry.password}".encode()).decode()
     config = json.dumps({"auths": {registry.host: {"auth": auth}}})
-    core.create_namespaced_secret(
+    k8s_core.create_namespaced_secret(
         namespace,
         {
             "apiVersion": "v1",
@@ -87,8 +77,8 @@ def docker_config_secret(core: k8s.CoreV1Api, namespace: str, registry) -> None:
 
 
 @pytest.fixture
-def namespace(k8s_namespace, core, registry) -> str:
-    docker_config_secret(core, k8s_namespace, registry)
+def namespace(k8s_namespace, k8s_core, registry) -> str:
+    docker_config_secret(k8s_core, k8s_namespace, registry)
     return k8s_namespace
 
 
@@ -168,16 +158,16 @@ def build(registry, tmp_path, k8s_sim, namespace) -> Build:
     return Build(registry, tmp_path, k8s_sim, namespace)
 
 
-def jobs(batch: k8s.BatchV1Api, namespace: str, selector: str = BUILD_SELECTOR) -> list[k8s.V1Job]:
-    return batch.list_namespaced_job(namespace, label_selector=selector).items
+def jobs(k8s_batch: k8s.BatchV1Api, namespace: str, selector: str = BUILD_SELECTOR) -> list[k8s.V1Job]:
+    return k8s_batch.list_namespaced_job(namespace, label_selector=selector).items
 
 
-def pods_of(core: k8s.CoreV1Api, namespace: str, job: str) -> list[k8s.V1Pod]:
-    return core.list_namespaced_pod(namespace, label_selector=f"batch.kubernetes.io/job-name={job}").items
+def pods_of(k8s_core: k8s.CoreV1Api, namespace: str, job: str) -> list[k8s.V1Pod]:
+    return k8s_core.list_namespaced_pod(namespace, label_selector=f"batch.kubernetes.io/job-name={job}").items
 
 
-def events(core: k8s.CoreV1Api, namespace: str, reason: str) -> list[k8s.CoreV1Event]:
-    return [e for e in core.list_namespaced_event(namespace).items if e.reason == reason]
+def events(k8s_core: k8s.CoreV1Api, namespace: str, reason: str) -> list[k8s.CoreV1Event]:
+    return [e for e in k8s_core.list_namespaced_event(namespace).items if e.reason == reason]
 
 
 def condition(job: k8s.V1Job, kind: str):
@@ -216,7 +206,7 @@ def test_settings_parse_as_documented():
 
 
 def test_build_lands_on_a_gpu_node_without_a_gpu_streams_its_logs_and_returns_the_registry_digest(
-    k8s_cluster, build, core, batch, namespace, registry
+    k8s_cluster, build, k8s_core, k8s_batch, namespace, registry
 ):
     digest = build.push()
     logs = [f"#{i} [stage {i}/5] RUN step {i}" for i in range(1, 6)]
@@ -228,7 +218,7 @@ def test_build_lands_on_a_gpu_node_without_a_gpu_streams_its_logs_and_returns_th
         seen.append(line)
         if line == logs[0]:  # the Job runs: look at its pod as the cluster has it
             pods_while_running.extend(
-                core.list_namespaced_pod(namespace, label_selector=BUILD_SELECTOR).items
+                k8s_core.list_namespaced_pod(namespace, label_selector=BUILD_SELECTOR).items
             )
 
     result = builder(k8s_cluster, namespace).build(build.request, on_line=on_line)
@@ -251,18 +241,23 @@ def test_build_lands_on_a_gpu_node_without_a_gpu_streams_its_logs_and_returns_th
     )
     assert any(f"scheduled on node {pod.spec.node_name}" in line for line in seen)
     [assigned] = [
-        e for e in events(core, namespace, "Scheduled") if e.involved_object.name == pod.metadata.name
+        e for e in events(k8s_core, namespace, "Scheduled") if e.involved_object.name == pod.metadata.name
     ]
     assert (
         assigned.message == f"Successfully assigned {namespace}/{pod.metadata.name} to {pod.spec.node_name}"
     )
     # The succeeded Job is deleted, and its pods with it.
     wait_until(
-        lambda: not jobs(batch, namespace) and not pods_of(core, namespace, pod.metadata.labels["job-name"])
+        lambda: (
+            not jobs(k8s_batch, namespace)
+            and not pods_of(k8s_core, namespace, pod.metadata.labels["job-name"])
+        )
     )
 
 
-def test_builds_never_land_on_the_control_plane(k8s_cluster, registry, tmp_path, k8s_sim, namespace, core):
+def test_builds_never_land_on_the_control_plane(
+    k8s_cluster, registry, tmp_path, k8s_sim, namespace, k8s_core
+):
     """Five builds with the default placement: GPU nodes only. Without placement (no selector, no
     toleration) the pod fits nowhere: the control plane's taint is never tolerated."""
     nodes = set()
@@ -274,7 +269,7 @@ def test_builds_never_land_on_the_control_plane(k8s_cluster, registry, tmp_path,
         nodes |= {line.rsplit(" ", 1)[1] for line in lines if " scheduled on node " in line}
     assert nodes and nodes <= GPU_NODES
     assert "control-plane-1" not in {
-        e.message.rsplit(" ", 1)[1] for e in events(core, namespace, "Scheduled")
+        e.message.rsplit(" ", 1)[1] for e in events(k8s_core, namespace, "Scheduled")
     }
 
     bare = Build(registry, tmp_path, k8s_sim, namespace)
@@ -285,7 +280,7 @@ def test_builds_never_land_on_the_control_plane(k8s_cluster, registry, tmp_path,
     assert "0/4 nodes are available: 4 node(s) had untolerated taint(s)." in str(failed.value)
 
 
-def test_no_gpu_node_can_take_it_fails_naming_the_schedulers_reason(k8s_cluster, build, batch, namespace):
+def test_no_gpu_node_can_take_it_fails_naming_the_schedulers_reason(k8s_cluster, build, k8s_batch, namespace):
     placement = "nvidia.com/gpu.present=true,nvidia.com/gpu.product=NVIDIA-B200"
     started = time.monotonic()
     with pytest.raises(BuildError) as failed:
@@ -300,7 +295,7 @@ def test_no_gpu_node_can_take_it_fails_naming_the_schedulers_reason(k8s_cluster,
     ) in message
     assert "the Job was deleted" in message
     assert failed.value.step.startswith(f"build Job {namespace}/build-tk-k8s-")
-    wait_until(lambda: not jobs(batch, namespace))
+    wait_until(lambda: not jobs(k8s_batch, namespace))
 
 
 def test_a_build_larger_than_any_gpu_node_names_the_missing_resource(k8s_cluster, build, namespace):
@@ -312,7 +307,7 @@ def test_a_build_larger_than_any_gpu_node_names_the_missing_resource(k8s_cluster
 
 
 def test_oom_killed_build_fails_at_once_naming_pod_node_and_limit_and_its_job_is_kept(
-    k8s_cluster, build, core, batch, namespace
+    k8s_cluster, build, k8s_core, k8s_batch, namespace
 ):
     build.script(
         {
@@ -324,8 +319,8 @@ def test_oom_killed_build_fails_at_once_naming_pod_node_and_limit_and_its_job_is
     with pytest.raises(BuildError) as failed:
         builder(k8s_cluster, namespace, build_resources="memory=8Gi/24Gi").build(build.request)
     message = str(failed.value)
-    (job,) = jobs(batch, namespace)
-    (pod,) = pods_of(core, namespace, job.metadata.name)  # not retried: the policy fails the Job at once
+    (job,) = jobs(k8s_batch, namespace)
+    (pod,) = pods_of(k8s_core, namespace, job.metadata.name)  # not retried: the policy fails the Job at once
     assert condition(job, "Failed").reason == "PodFailurePolicy"
     assert f"pod {pod.metadata.name} on node {pod.spec.node_name}" in message
     assert pod.spec.node_name in GPU_NODES
@@ -338,7 +333,9 @@ def test_oom_killed_build_fails_at_once_naming_pod_node_and_limit_and_its_job_is
     assert failed.value.log_tail == ("#5 RUN pip",)
 
 
-def test_an_evicted_build_pod_is_reported_and_retried_by_the_job(k8s_cluster, build, core, batch, namespace):
+def test_an_evicted_build_pod_is_reported_and_retried_by_the_job(
+    k8s_cluster, build, k8s_core, k8s_batch, namespace
+):
     digest = build.push()
     build.script(
         {
@@ -354,11 +351,11 @@ def test_an_evicted_build_pod_is_reported_and_retried_by_the_job(k8s_cluster, bu
     assert len(evicted) == 1 and "The node was low on resource: memory." in evicted[0]
     assert "a disruption: Kubernetes replaces the pod without counting it toward backoffLimit" in evicted[0]
     assert "#1 first" in lines and "#1 second" in lines
-    created = [e for e in events(core, namespace, "SuccessfulCreate") if e.involved_object.kind == "Job"]
+    created = [e for e in events(k8s_core, namespace, "SuccessfulCreate") if e.involved_object.kind == "Job"]
     assert len(created) == 2  # backoffLimit 0, and still a second pod: the eviction did not count
 
 
-def test_evicted_then_oom_killed_names_both_and_keeps_the_job(k8s_cluster, build, batch, namespace):
+def test_evicted_then_oom_killed_names_both_and_keeps_the_job(k8s_cluster, build, k8s_batch, namespace):
     build.script(
         {"evictAfterSeconds": 0.2, "containers": {BUILDKIT_CONTAINER: {"durationSeconds": 30}}},
         {"containers": {BUILDKIT_CONTAINER: {"fault": "OOMKilled", "durationSeconds": 0.1}}},
@@ -370,12 +367,12 @@ def test_evicted_then_oom_killed_names_both_and_keeps_the_job(k8s_cluster, build
     assert (
         "Earlier pods: pod build-" in message and "Evicted: The node was low on resource: memory." in message
     )
-    (job,) = jobs(batch, namespace)
+    (job,) = jobs(k8s_batch, namespace)
     assert condition(job, "Failed").reason == "PodFailurePolicy"
 
 
 def test_a_failing_context_fetch_is_retried_up_to_the_backoff_limit(
-    k8s_cluster, build, core, batch, namespace
+    k8s_cluster, build, k8s_core, k8s_batch, namespace
 ):
     build.script(
         {
@@ -389,16 +386,16 @@ def test_a_failing_context_fetch_is_retried_up_to_the_backoff_limit(
     )
     with pytest.raises(BuildError) as failed:
         builder(k8s_cluster, namespace, backoff_limit=1).build(build.request)
-    (job,) = jobs(batch, namespace)
+    (job,) = jobs(k8s_batch, namespace)
     assert condition(job, "Failed").reason == "BackoffLimitExceeded"
-    assert len(pods_of(core, namespace, job.metadata.name)) == 2
+    assert len(pods_of(k8s_core, namespace, job.metadata.name)) == 2
     message = str(failed.value)
     assert "BackoffLimitExceeded: Job has reached the specified backoff limit" in message
     assert "container context Error (exit code 1)" in message
 
 
 def test_an_image_that_cannot_be_pulled_fails_naming_image_pull_back_off(
-    k8s_cluster, build, batch, namespace
+    k8s_cluster, build, k8s_batch, namespace
 ):
     build.script({"containers": {BUILDKIT_CONTAINER: {"fault": "ErrImagePull"}}})
     with pytest.raises(BuildError) as failed:
@@ -406,7 +403,7 @@ def test_an_image_that_cannot_be_pulled_fails_naming_image_pull_back_off(
     message = str(failed.value)
     assert "container buildkit ImagePullBackOff: Back-off pulling image" in message
     assert "moby/buildkit" in message and "the Job was deleted" in message
-    wait_until(lambda: not jobs(batch, namespace))
+    wait_until(lambda: not jobs(k8s_batch, namespace))
 
 
 def test_a_missing_registry_secret_fails_naming_the_failed_mount(k8s_cluster, build, namespace):
@@ -421,26 +418,28 @@ def test_a_missing_registry_secret_fails_naming_the_failed_mount(k8s_cluster, bu
 
 
 def test_a_build_past_its_deadline_fails_with_deadline_exceeded_and_is_kept(
-    k8s_cluster, build, batch, namespace
+    k8s_cluster, build, k8s_batch, namespace
 ):
     build.script({"containers": {BUILDKIT_CONTAINER: {"durationSeconds": 30, "logs": ["#3 RUN compile"]}}})
     with pytest.raises(BuildError) as failed:
         builder(k8s_cluster, namespace, active_deadline_s=1).build(build.request)
     assert "DeadlineExceeded: Job was active longer than specified deadline" in str(failed.value)
-    (job,) = jobs(batch, namespace)
+    (job,) = jobs(k8s_batch, namespace)
     assert condition(job, "Failed").reason == "DeadlineExceeded"
 
 
-def test_a_digest_the_registry_does_not_serve_fails_and_keeps_the_job(k8s_cluster, build, batch, namespace):
+def test_a_digest_the_registry_does_not_serve_fails_and_keeps_the_job(
+    k8s_cluster, build, k8s_batch, namespace
+):
     build.push()
     build.script(build.succeed("sha256:" + "0" * 64))
     with pytest.raises(BuildError, match=r"BuildKit reported sha256:0000.*but the registry serves sha256:"):
         builder(k8s_cluster, namespace).build(build.request)
-    assert len(jobs(batch, namespace)) == 1
+    assert len(jobs(k8s_batch, namespace)) == 1
 
 
 def test_a_failed_job_is_kept_and_the_next_attempt_gets_a_job_of_its_own(
-    k8s_cluster, build, batch, namespace
+    k8s_cluster, build, k8s_batch, namespace
 ):
     build.script({"containers": {BUILDKIT_CONTAINER: {"exitCode": 1, "logs": ["ERROR: failed to solve"]}}},
                  build.succeed(build.push()), repeat=True)  # fmt: skip
@@ -448,15 +447,17 @@ def test_a_failed_job_is_kept_and_the_next_attempt_gets_a_job_of_its_own(
         BuildError, match="container buildkit Error \\(exit code 1\\): ERROR: failed to solve"
     ):
         builder(k8s_cluster, namespace).build(build.request)
-    (failed,) = jobs(batch, namespace)
+    (failed,) = jobs(k8s_batch, namespace)
     lines: list[str] = []
     builder(k8s_cluster, namespace).build(build.request, on_line=lines.append)
     assert any("(attempt 2: earlier Jobs of this key failed and are kept)" in line for line in lines)
-    (kept,) = jobs(batch, namespace)
+    (kept,) = jobs(k8s_batch, namespace)
     assert kept.metadata.name == failed.metadata.name and condition(kept, "Failed")
 
 
-def test_a_second_build_of_the_same_key_follows_the_running_job(k8s_cluster, build, core, batch, namespace):
+def test_a_second_build_of_the_same_key_follows_the_running_job(
+    k8s_cluster, build, k8s_core, k8s_batch, namespace
+):
     digest = build.push()
     build.script(build.succeed(digest, ["#1 only once"], duration_s=2.0))
     results, lines = [], [[], []]
@@ -469,18 +470,19 @@ def test_a_second_build_of_the_same_key_follows_the_running_job(k8s_cluster, bui
         for i in range(2)
     ]
     threads[0].start()
-    wait_until(lambda: jobs(batch, namespace))
+    wait_until(lambda: jobs(k8s_batch, namespace))
     threads[1].start()
     for thread in threads:
         thread.join(30)
     assert [r.digest for r in results] == [digest, digest]
     assert (
-        len([e for e in events(core, namespace, "SuccessfulCreate") if e.involved_object.kind == "Job"]) == 1
+        len([e for e in events(k8s_core, namespace, "SuccessfulCreate") if e.involved_object.kind == "Job"])
+        == 1
     )
     assert any("it builds this very key" in line for line in lines[1])
 
 
-def test_an_interrupted_step_deletes_its_job_and_pods(k8s_cluster, build, core, batch, namespace):
+def test_an_interrupted_step_deletes_its_job_and_pods(k8s_cluster, build, k8s_core, k8s_batch, namespace):
     """Dagster terminates a run by raising DagsterExecutionInterruptedError in the step."""
     build.script({"containers": {BUILDKIT_CONTAINER: {"durationSeconds": 60, "logs": ["#1 long"]}}})
     lines: list[str] = []
@@ -495,19 +497,19 @@ def test_an_interrupted_step_deletes_its_job_and_pods(k8s_cluster, build, core, 
     assert any(line.startswith("[kubernetes] cancelled: deleted Job") for line in lines)
     wait_until(
         lambda: (
-            not jobs(batch, namespace)
-            and not core.list_namespaced_pod(namespace, label_selector=BUILD_SELECTOR).items
+            not jobs(k8s_batch, namespace)
+            and not k8s_core.list_namespaced_pod(namespace, label_selector=BUILD_SELECTOR).items
         )
     )
 
 
 def test_the_context_is_pushed_by_digest_kept_from_gc_and_fetched_by_the_init_container(
-    k8s_cluster, build, core, namespace, registry
+    k8s_cluster, build, k8s_core, namespace, registry
 ):
     build.script({"containers": {BUILDKIT_CONTAINER: {"exitCode": 1}}})
     with pytest.raises(BuildError):
         builder(k8s_cluster, namespace).build(build.request)
-    (pod,) = core.list_namespaced_pod(namespace, label_selector=BUILD_SELECTOR).items
+    (pod,) = k8s_core.list_namespaced_pod(namespace, label_selector=BUILD_SELECTOR).items
     env = {e.name: e.value for e in pod.spec.init_containers[0].env}
     digest = build.request.context.digest
     assert env["CONTEXT_BLOB"] == f"{registry.host}/{build.repository}@{digest}"
@@ -555,7 +557,7 @@ DIGEST = "sha256:" + "c" * 64
 
 
 def test_the_smoke_check_runs_without_a_gpu_and_returns_exit_code_and_output(
-    k8s_cluster, k8s_sim, namespace, registry, batch
+    k8s_cluster, k8s_sim, namespace, registry, k8s_batch
 ):
     k8s_sim.script(
         [{"logs": ["imported 3 modules", '{"failed_imports": {}}'], "durationSeconds": 0.2}],
@@ -565,11 +567,11 @@ def test_the_smoke_check_runs_without_a_gpu_and_returns_exit_code_and_output(
     result = runner(k8s_cluster, namespace).run(check_request(registry, DIGEST))
     assert result.returncode == 0
     assert result.output == 'imported 3 modules\n{"failed_imports": {}}\n'
-    wait_until(lambda: not jobs(batch, namespace, CHECK_SELECTOR))  # passed: deleted
+    wait_until(lambda: not jobs(k8s_batch, namespace, CHECK_SELECTOR))  # passed: deleted
 
 
 def test_the_gpu_test_asks_for_exactly_one_gpu_and_a_failure_is_its_exit_code(
-    k8s_cluster, k8s_sim, namespace, registry, batch, core
+    k8s_cluster, k8s_sim, namespace, registry, k8s_batch, k8s_core
 ):
     k8s_sim.script(
         [
@@ -586,8 +588,8 @@ def test_the_gpu_test_asks_for_exactly_one_gpu_and_a_failure_is_its_exit_code(
         check_request(registry, DIGEST, gpus=1, argv=("gpu-check",))
     )
     assert (result.returncode, result.output) == (1, "gpu-check: FAIL: torch.cuda.is_available() is False\n")
-    (job,) = jobs(batch, namespace, CHECK_SELECTOR)  # failed: kept
-    (pod,) = pods_of(core, namespace, job.metadata.name)
+    (job,) = jobs(k8s_batch, namespace, CHECK_SELECTOR)  # failed: kept
+    (pod,) = pods_of(k8s_core, namespace, job.metadata.name)
     [container] = pod.spec.containers
     assert container.resources.limits[GPU_RESOURCE] == "1"
     assert (
@@ -619,7 +621,7 @@ def test_a_check_that_needs_more_gpus_than_any_node_has_is_a_run_error(k8s_clust
 
 
 def test_a_check_past_its_time_limit_is_124_and_its_job_deleted(
-    k8s_cluster, k8s_sim, namespace, registry, batch
+    k8s_cluster, k8s_sim, namespace, registry, k8s_batch
 ):
     k8s_sim.script(
         [{"logs": ["still importing"], "durationSeconds": 60}], namespace=namespace, selector=CHECK_SELECTOR
@@ -627,7 +629,7 @@ def test_a_check_past_its_time_limit_is_124_and_its_job_deleted(
     result = runner(k8s_cluster, namespace).run(check_request(registry, DIGEST, timeout_s=0.5))
     assert result.returncode == 124
     assert result.output.startswith("still importing\n")
-    wait_until(lambda: not jobs(batch, namespace, CHECK_SELECTOR))
+    wait_until(lambda: not jobs(k8s_batch, namespace, CHECK_SELECTOR))
 
 
 def test_a_build_on_a_lost_node_is_replaced_on_another_gpu_node(k8s_cluster, build, k8s_sim, namespace):
@@ -655,7 +657,7 @@ def test_a_build_on_a_lost_node_is_replaced_on_another_gpu_node(k8s_cluster, bui
     assert any("DeletionByTaintManager" in line or "DisruptionTarget" in line for line in lines), lines
 
 
-def test_an_interrupted_check_deletes_its_job(k8s_cluster, k8s_sim, namespace, registry, batch):
+def test_an_interrupted_check_deletes_its_job(k8s_cluster, k8s_sim, namespace, registry, k8s_batch):
     k8s_sim.script(
         [{"logs": ["importing"], "durationSeconds": 60}], namespace=namespace, selector=CHECK_SELECTOR
     )
@@ -666,11 +668,11 @@ def test_an_interrupted_check_deletes_its_job(k8s_cluster, k8s_sim, namespace, r
 
     with pytest.raises(KeyboardInterrupt):
         runner(k8s_cluster, namespace).run(check_request(registry, DIGEST), on_line=on_line)
-    wait_until(lambda: not jobs(batch, namespace, CHECK_SELECTOR))
+    wait_until(lambda: not jobs(k8s_batch, namespace, CHECK_SELECTOR))
 
 
 def test_a_pod_the_job_controller_cannot_create_fails_naming_failed_create(
-    k8s_cluster, build, core, batch, namespace
+    k8s_cluster, build, k8s_core, k8s_batch, namespace
 ):
     """A pod the API refuses (PodSecurity admission, a ResourceQuota) never appears: the Job controller
     records a FailedCreate Warning event on the Job. The simulator admits every pod, so the test suspends
@@ -680,14 +682,14 @@ def test_a_pod_the_job_controller_cannot_create_fails_naming_failed_create(
     def on_line(line: str) -> None:
         lines.append(line)
         if line.startswith("[kubernetes] created build Job"):
-            [job] = jobs(batch, namespace)
-            batch.patch_namespaced_job(job.metadata.name, namespace, {"spec": {"suspend": True}})
+            [job] = jobs(k8s_batch, namespace)
+            k8s_batch.patch_namespaced_job(job.metadata.name, namespace, {"spec": {"suspend": True}})
             forbidden = (
                 f'Error creating: pods "{job.metadata.name}-x" is forbidden: violates PodSecurity '
                 '"restricted:latest": seccompProfile (container "buildkit" must not set type to "Unconfined")'
             )
             involved = {"kind": "Job", "name": job.metadata.name, "namespace": namespace}
-            core.create_namespaced_event(
+            k8s_core.create_namespaced_event(
                 namespace,
                 {
                     "metadata": {"name": f"{job.metadata.name}.failedcreate"},

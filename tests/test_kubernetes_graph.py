@@ -111,7 +111,7 @@ def write_images(root: Path, gpu_check: str = GPU_CHECK_FAILING) -> Path:
 
 
 @pytest.fixture
-def cluster_env(monkeypatch, tmp_path, k8s_cluster, k8s_namespace, core, registry, registry_debian_base):
+def cluster_env(monkeypatch, tmp_path, k8s_cluster, k8s_namespace, k8s_core, registry, registry_debian_base):
     """The environment of a run pod of the cluster, pointing at the simulator and the test registry."""
     for name in [n for n in os.environ if n.startswith("THINKUBE_") and "TEST" not in n]:
         monkeypatch.delenv(name)
@@ -127,18 +127,8 @@ def cluster_env(monkeypatch, tmp_path, k8s_cluster, k8s_namespace, core, registr
     monkeypatch.setenv("THINKUBE_BASE_MIRROR", registry_debian_base)
     monkeypatch.setenv("THINKUBE_REGISTRATION", "thinkube-control")
     monkeypatch.setenv("THINKUBE_CONTROL_NAMESPACE", k8s_namespace)
-    docker_config_secret(core, k8s_namespace, registry)
+    docker_config_secret(k8s_core, k8s_namespace, registry)
     return monkeypatch
-
-
-@pytest.fixture
-def core(k8s_api) -> k8s.CoreV1Api:
-    return k8s.CoreV1Api(k8s_api)
-
-
-@pytest.fixture
-def batch(k8s_api) -> k8s.BatchV1Api:
-    return k8s.BatchV1Api(k8s_api)
 
 
 @pytest.fixture
@@ -169,10 +159,10 @@ def materialize(images: Path, *keys: str, instance=None) -> dg.ExecuteInProcessR
     )
 
 
-def scheduled_nodes(core: k8s.CoreV1Api, namespace: str, prefix: str) -> set[str]:
+def scheduled_nodes(k8s_core: k8s.CoreV1Api, namespace: str, prefix: str) -> set[str]:
     return {
         e.message.rsplit(" ", 1)[1]
-        for e in core.list_namespaced_event(namespace).items
+        for e in k8s_core.list_namespaced_event(namespace).items
         if e.reason == "Scheduled" and e.involved_object.name.startswith(prefix)
     }
 
@@ -208,7 +198,7 @@ def test_the_cluster_environment_picks_the_kubernetes_builder_and_runner_by_conf
 
 
 def test_the_graph_builds_checks_publishes_and_registers_through_kubernetes_jobs(
-    cluster_env, hooks, tmp_path, core, batch, registry, k8s_namespace
+    cluster_env, hooks, tmp_path, k8s_core, k8s_batch, registry, k8s_namespace
 ):
     images = write_images(tmp_path)
     instance = dg.DagsterInstance.ephemeral()
@@ -236,16 +226,16 @@ def test_the_graph_builds_checks_publishes_and_registers_through_kubernetes_jobs
     assert built.timestamp - step.timestamp > 1.0, "log lines must arrive during the build, not at its end"
 
     # Both Jobs ran on GPU nodes, and are gone: they succeeded.
-    assert scheduled_nodes(core, k8s_namespace, "build-tk-kube-") <= GPU_NODES
-    assert scheduled_nodes(core, k8s_namespace, "smoke-tk-kube-") <= GPU_NODES
-    assert scheduled_nodes(core, k8s_namespace, "build-tk-kube-") and scheduled_nodes(
-        core, k8s_namespace, "smoke-"
+    assert scheduled_nodes(k8s_core, k8s_namespace, "build-tk-kube-") <= GPU_NODES
+    assert scheduled_nodes(k8s_core, k8s_namespace, "smoke-tk-kube-") <= GPU_NODES
+    assert scheduled_nodes(k8s_core, k8s_namespace, "build-tk-kube-") and scheduled_nodes(
+        k8s_core, k8s_namespace, "smoke-"
     )
-    assert not batch.list_namespaced_job(k8s_namespace, label_selector=BUILD_SELECTOR).items
-    assert not batch.list_namespaced_job(k8s_namespace, label_selector=CHECK_SELECTOR).items
+    assert not k8s_batch.list_namespaced_job(k8s_namespace, label_selector=BUILD_SELECTOR).items
+    assert not k8s_batch.list_namespaced_job(k8s_namespace, label_selector=CHECK_SELECTOR).items
 
     # Registered in thinkube-control: its discovery ConfigMap, in the same cluster.
-    [configmap] = core.list_namespaced_config_map(
+    [configmap] = k8s_core.list_namespaced_config_map(
         k8s_namespace, label_selector="thinkube.io/image-manifest=true"
     ).items
     [entry] = json.loads(configmap.data["manifest.json"])["images"]
@@ -253,7 +243,7 @@ def test_the_graph_builds_checks_publishes_and_registers_through_kubernetes_jobs
 
 
 def test_a_build_killed_by_oom_fails_the_step_naming_job_pod_node_and_nothing_is_published(
-    cluster_env, k8s_sim, tmp_path, core, batch, k8s_namespace
+    cluster_env, k8s_sim, tmp_path, k8s_core, k8s_batch, k8s_namespace
 ):
     images = write_images(tmp_path)
     k8s_sim.script(
@@ -270,7 +260,7 @@ def test_a_build_killed_by_oom_fails_the_step_naming_job_pod_node_and_nothing_is
     result = materialize(images, f"{ROOT}/source", f"{ROOT}/build", f"{ROOT}/published")
     assert not result.success
     message = failure_message(result)
-    [job] = batch.list_namespaced_job(k8s_namespace, label_selector=BUILD_SELECTOR).items  # kept
+    [job] = k8s_batch.list_namespaced_job(k8s_namespace, label_selector=BUILD_SELECTOR).items  # kept
     assert f"at build Job {k8s_namespace}/{job.metadata.name}" in message
     assert re.search(
         r"pod build-tk-kube-\S+ on node gpu-node-\d: container buildkit OOMKilled \(exit code 137\)", message
@@ -282,14 +272,14 @@ def test_a_build_killed_by_oom_fails_the_step_naming_job_pod_node_and_nothing_is
     # The retry policy (kubernetes/build_job.py): an OOM kill fails the Job at once, no second pod.
     [failed] = [c for c in job.status.conditions if c.type == "Failed"]
     assert (failed.status, failed.reason) == ("True", "PodFailurePolicy")
-    pods = core.list_namespaced_pod(
+    pods = k8s_core.list_namespaced_pod(
         k8s_namespace, label_selector=f"batch.kubernetes.io/job-name={job.metadata.name}"
     ).items
     assert len(pods) == 1
 
 
 def test_a_build_no_gpu_node_can_take_fails_quoting_the_scheduler_and_builds_nothing(
-    cluster_env, k8s_sim, tmp_path, batch, k8s_namespace
+    cluster_env, k8s_sim, tmp_path, k8s_batch, k8s_namespace
 ):
     """Builds must land on a node of a GPU product the cluster does not have: the scheduler leaves the pod
     Pending, and the step fails with its FailedScheduling message once the scheduling timeout passes."""
@@ -304,16 +294,18 @@ def test_a_build_no_gpu_node_can_take_fails_quoting_the_scheduler_and_builds_not
     assert "was not scheduled within 2 s: FailedScheduling: 0/4 nodes are available: " in message
     assert "1 node(s) had untolerated taint(s)" in message  # the control plane
     assert "3 node(s) didn't match Pod's node affinity/selector" in message  # the GPU nodes of other products
-    assert not batch.list_namespaced_job(k8s_namespace, label_selector=BUILD_SELECTOR).items  # deleted
+    assert not k8s_batch.list_namespaced_job(k8s_namespace, label_selector=BUILD_SELECTOR).items  # deleted
     assert not [e for e in result.get_asset_materialization_events() if e.asset_key.path[-1] == "build"]
 
 
-def gpu_test_pods(core: k8s.CoreV1Api, namespace: str) -> list[k8s.V1Pod]:
-    return core.list_namespaced_pod(namespace, label_selector=f"{CHECK_SELECTOR},thinkube.io/check=gpu").items
+def gpu_test_pods(k8s_core: k8s.CoreV1Api, namespace: str) -> list[k8s.V1Pod]:
+    return k8s_core.list_namespaced_pod(
+        namespace, label_selector=f"{CHECK_SELECTOR},thinkube.io/check=gpu"
+    ).items
 
 
 def test_a_failing_gpu_test_blocks_publish(
-    cluster_env, hooks, tmp_path, core, batch, k8s_namespace, registry
+    cluster_env, hooks, tmp_path, k8s_core, k8s_batch, k8s_namespace, registry
 ):
     images = write_images(tmp_path)
     result = materialize(images)
@@ -331,10 +323,10 @@ def test_a_failing_gpu_test_blocks_publish(
     assert "gpu-check: FAIL: no CUDA device" in message
 
     # The GPU test's Job: exactly one GPU, the GPU taint tolerated, on a GPU node; kept, as it failed.
-    [job] = batch.list_namespaced_job(
+    [job] = k8s_batch.list_namespaced_job(
         k8s_namespace, label_selector=f"{CHECK_SELECTOR},thinkube.io/check=gpu"
     ).items
-    [pod] = gpu_test_pods(core, k8s_namespace)
+    [pod] = gpu_test_pods(k8s_core, k8s_namespace)
     [container] = pod.spec.containers
     assert container.command == ["gpu-check"]
     assert container.resources.limits[GPU_RESOURCE] == "1"
@@ -349,7 +341,7 @@ def test_a_failing_gpu_test_blocks_publish(
 
 
 def test_a_passing_gpu_test_publishes_and_runs_once_per_digest(
-    cluster_env, hooks, tmp_path, core, batch, k8s_namespace, registry
+    cluster_env, hooks, tmp_path, k8s_core, k8s_batch, k8s_namespace, registry
 ):
     images = write_images(tmp_path, GPU_CHECK_PASSING)
     instance = dg.DagsterInstance.ephemeral()
@@ -366,20 +358,20 @@ def test_a_passing_gpu_test_publishes_and_runs_once_per_digest(
     project = os.environ["THINKUBE_REGISTRY_PROJECT"]
     assert client.digest_of(f"{project}/{GPU_CHILD}", "latest") == digest
     # It ran as a Job with one GPU, which succeeded and was deleted.
-    ran = [e for e in core.list_namespaced_event(k8s_namespace).items if e.reason == "Scheduled"]
+    ran = [e for e in k8s_core.list_namespaced_event(k8s_namespace).items if e.reason == "Scheduled"]
     assert len([e for e in ran if e.involved_object.name.startswith("gpu-")]) == 1
-    assert not batch.list_namespaced_job(k8s_namespace, label_selector=CHECK_SELECTOR).items
+    assert not k8s_batch.list_namespaced_job(k8s_namespace, label_selector=CHECK_SELECTOR).items
 
     again = materialize(images, instance=instance)  # the same digest: no second GPU test
     assert again.success, failure_message(again)
     gpu = next(c for c in again.get_asset_check_evaluations() if c.check_name == "gpu")
     assert gpu.passed and gpu.metadata["passed_in_run"].value == result.run_id
-    ran = [e for e in core.list_namespaced_event(k8s_namespace).items if e.reason == "Scheduled"]
+    ran = [e for e in k8s_core.list_namespaced_event(k8s_namespace).items if e.reason == "Scheduled"]
     assert len([e for e in ran if e.involved_object.name.startswith("gpu-")]) == 1
 
 
 def test_with_the_gpu_test_turned_off_the_image_is_published_with_a_warning(
-    cluster_env, hooks, tmp_path, core, k8s_namespace
+    cluster_env, hooks, tmp_path, k8s_core, k8s_namespace
 ):
     cluster_env.setenv("THINKUBE_GPU_TEST", "false")
     images = write_images(tmp_path)  # its gpu-check would fail: it must not run
@@ -389,14 +381,14 @@ def test_with_the_gpu_test_turned_off_the_image_is_published_with_a_warning(
     assert not gpu.passed and gpu.severity == dg.AssetCheckSeverity.WARN
     assert "not run (THINKUBE_GPU_TEST=false)" in gpu.description
     assert materialization(result, f"{GPU_CHILD}/published")
-    assert not gpu_test_pods(core, k8s_namespace)
+    assert not gpu_test_pods(k8s_core, k8s_namespace)
     cluster_env.setenv("THINKUBE_GPU_TEST", "ture")
     with pytest.raises(ValueError, match="THINKUBE_GPU_TEST='ture': expected 'true' or 'false'"):
         resources_for_environment("cluster")
 
 
 def test_an_evicted_build_pod_is_retried_by_its_job_and_the_image_is_published(
-    cluster_env, hooks, tmp_path, core, k8s_namespace, registry, capsys
+    cluster_env, hooks, tmp_path, k8s_core, k8s_namespace, registry, capsys
 ):
     """The first build pod is evicted (node-pressure eviction) a second into its build; the Job's policy
     ignores the disruption and its next pod builds the image for real."""
@@ -411,7 +403,7 @@ def test_an_evicted_build_pod_is_retried_by_its_job_and_the_image_is_published(
     assert "STEP" in build["log_tail"].value
     pods = {
         e.involved_object.name
-        for e in core.list_namespaced_event(k8s_namespace).items
+        for e in k8s_core.list_namespaced_event(k8s_namespace).items
         if e.reason == "Scheduled"
     }
     assert len([p for p in pods if p.startswith("build-tk-kube-")]) == 2

@@ -9,18 +9,17 @@ is built: `catalog_entry` reads nothing else (records.py) and talks only to its 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import uuid
 from collections.abc import Iterator
-from datetime import UTC, datetime
 from pathlib import Path
 
 import dagster as dg
 import pytest
 from kubernetes import client as k8s
 
+from tests.test_thinkube_control_registration import IMAGES_DIR, PROJECT, REGISTRY, built, digest_of
 from tests.thinkube_control import discovery, upstream
 from thinkube_pipelines.catalog.client import CatalogClient
 from thinkube_pipelines.defs.images.assets import image_assets
@@ -42,9 +41,6 @@ from thinkube_pipelines.images import ImageSet, load_image_definitions
 from thinkube_pipelines.kubernetes import cluster as cluster_module
 from thinkube_pipelines.kubernetes.cluster import KubernetesCluster, KubernetesError, ensure_config_map
 
-IMAGES_DIR = Path(__file__).resolve().parent.parent / "images"
-REGISTRY = "harbor.thinkube.example.org"
-PROJECT = "library"
 NAMES = ("jupyter-base", "jupyter-ml-gpu")
 SIM_TOKEN = "simulator-admin-token"  # tests/fixtures/kubernetes.py's kubeconfig user
 
@@ -55,17 +51,12 @@ def images() -> ImageSet:
 
 
 @pytest.fixture
-def core(k8s_api) -> k8s.CoreV1Api:
-    return k8s.CoreV1Api(k8s_api)
-
-
-@pytest.fixture
-def namespace(core: k8s.CoreV1Api) -> Iterator[str]:
+def namespace(k8s_core: k8s.CoreV1Api) -> Iterator[str]:
     """A namespace of its own per test (the simulator lives for the session)."""
     name = f"tc-{uuid.uuid4().hex[:8]}"
-    core.create_namespace({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})
+    k8s_core.create_namespace({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})
     yield name
-    core.delete_namespace(name)
+    k8s_core.delete_namespace(name)
 
 
 @pytest.fixture
@@ -82,14 +73,8 @@ def env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, k8s_cluster) -> pytest.
     return monkeypatch
 
 
-def digest_of(name: str, build: int) -> str:
-    return "sha256:" + hashlib.sha256(f"{name}/{build}".encode()).hexdigest()
-
-
 def published(name: str, build: int = 1) -> PublishedImage:
-    digest = digest_of(name, build)
-    created = datetime(2026, 3, build, 12, 30, tzinfo=UTC)
-    version = f"{created:%Y.%m.%d}-{digest.removeprefix('sha256:')[:7]}"
+    digest, created, version = built(name, build)
     return PublishedImage(
         image_name=name,
         image=f"{REGISTRY}/{PROJECT}/{name}@{digest}",
@@ -131,6 +116,22 @@ def record_published(instance: dg.DagsterInstance, *names: str, build: int = 1) 
         )
 
 
+def register(
+    images: ImageSet, *names: str, resources: dict | None = None
+) -> tuple[dg.DagsterInstance, dg.ExecuteInProcessResult]:
+    """A new instance with `<name>/published` recorded for `names` (build 1), and the run of their
+    `catalog_entry` steps in it."""
+    instance = dg.DagsterInstance.ephemeral()
+    record_published(instance, *names)
+    return instance, materialize_entries(images, instance, *names, resources=resources)
+
+
+def target(env: pytest.MonkeyPatch, namespace: str, registration: str = "thinkube-control") -> None:
+    """THINKUBE_REGISTRATION, and the namespace of thinkube-control's ConfigMaps."""
+    env.setenv(REGISTRATION_ENV, registration)
+    env.setenv(THINKUBE_CONTROL_NAMESPACE_ENV, namespace)
+
+
 def materialize_entries(
     images: ImageSet, instance: dg.DagsterInstance, *names: str, resources: dict | None = None
 ) -> dg.ExecuteInProcessResult:
@@ -160,42 +161,40 @@ def failure_output(result: dg.ExecuteInProcessResult) -> str:
     )
 
 
-def configmap(core: k8s.CoreV1Api, namespace: str, name: str) -> dict:
+def configmap(k8s_core: k8s.CoreV1Api, namespace: str, name: str) -> dict:
     return json.loads(
-        core.read_namespaced_config_map(configmap_name(name), namespace, _preload_content=False).data
+        k8s_core.read_namespaced_config_map(configmap_name(name), namespace, _preload_content=False).data
     )
 
 
-def labelled_configmaps(core: k8s.CoreV1Api) -> tuple[list[dict], str]:
+def labelled_configmaps(k8s_core: k8s.CoreV1Api) -> tuple[list[dict], str]:
     """What thinkube-control lists (every namespace, by its label), and the list's resourceVersion: the
     server's write counter, which moves with every write to any object."""
     answer = json.loads(
-        core.list_config_map_for_all_namespaces(
+        k8s_core.list_config_map_for_all_namespaces(
             label_selector="thinkube.io/image-manifest=true", _preload_content=False
         ).data
     )
     return answer["items"], answer["metadata"]["resourceVersion"]
 
 
-def global_resource_version(core: k8s.CoreV1Api) -> str:
-    return json.loads(core.list_namespace(_preload_content=False).data)["metadata"]["resourceVersion"]
+def global_resource_version(k8s_core: k8s.CoreV1Api) -> str:
+    return json.loads(k8s_core.list_namespace(_preload_content=False).data)["metadata"]["resourceVersion"]
 
 
 # --- thinkube-control --------------------------------------------------------------------------------
 
 
-def test_thinkube_control_target_writes_the_discovery_configmap(env, images, core, namespace, k8s_cluster):
-    env.setenv(REGISTRATION_ENV, "thinkube-control")
-    env.setenv(THINKUBE_CONTROL_NAMESPACE_ENV, namespace)
+def test_thinkube_control_target_writes_the_discovery_configmap(
+    env, images, k8s_core, namespace, k8s_cluster
+):
+    target(env, namespace)
     # No catalog token and no catalog service: the catalog is not a target, so nothing asks for them.
-    instance = dg.DagsterInstance.ephemeral()
-    record_published(instance, *NAMES)
-
-    result = materialize_entries(images, instance, *NAMES)
+    _, result = register(images, *NAMES)
 
     assert result.success, failure_output(result)
     for name in NAMES:
-        stored = configmap(core, namespace, name)
+        stored = configmap(k8s_core, namespace, name)
         wanted = manifest_configmap(images[name], facts(published(name)), namespace=namespace).to_dict()
         assert stored["metadata"]["labels"] == wanted["metadata"]["labels"]
         assert stored["metadata"]["labels"]["thinkube.io/image-manifest"] == "true"
@@ -216,7 +215,7 @@ def test_thinkube_control_target_writes_the_discovery_configmap(env, images, cor
         assert "catalog_item" not in meta and "catalog_change" not in meta
 
     # What thinkube-control's discovery reads from the cluster (restated rules, tests/thinkube_control).
-    items, _ = labelled_configmaps(core)
+    items, _ = labelled_configmaps(k8s_core)
     ours = [cm for cm in items if cm["metadata"]["namespace"] == namespace]
     table = discovery.Table()
     table.sync(discovery.discover(ours))
@@ -231,27 +230,25 @@ def test_thinkube_control_target_writes_the_discovery_configmap(env, images, cor
     assert SIM_TOKEN not in logs and SIM_TOKEN not in json.dumps([entry_metadata(result, n) for n in NAMES])
 
 
-def test_an_unchanged_image_writes_nothing_and_a_rebuild_updates_in_place(env, images, core, namespace):
-    env.setenv(REGISTRATION_ENV, "thinkube-control")
-    env.setenv(THINKUBE_CONTROL_NAMESPACE_ENV, namespace)
-    instance = dg.DagsterInstance.ephemeral()
-    record_published(instance, "jupyter-base")
-    assert materialize_entries(images, instance, "jupyter-base").success
-    first = configmap(core, namespace, "jupyter-base")
-    before = global_resource_version(core)
+def test_an_unchanged_image_writes_nothing_and_a_rebuild_updates_in_place(env, images, k8s_core, namespace):
+    target(env, namespace)
+    instance, first_run = register(images, "jupyter-base")
+    assert first_run.success
+    first = configmap(k8s_core, namespace, "jupyter-base")
+    before = global_resource_version(k8s_core)
 
     again = materialize_entries(images, instance, "jupyter-base")
 
     assert again.success, failure_output(again)
     assert entry_metadata(again, "jupyter-base")["change"] == "unchanged"
     assert (
-        configmap(core, namespace, "jupyter-base")["metadata"]["resourceVersion"]
+        configmap(k8s_core, namespace, "jupyter-base")["metadata"]["resourceVersion"]
         == (first["metadata"]["resourceVersion"])
     )
-    assert global_resource_version(core) == before, "an unchanged image must not write anything"
+    assert global_resource_version(k8s_core) == before, "an unchanged image must not write anything"
 
     # Someone else's label on our object is kept; a rebuild replaces the manifest in the same object.
-    core.patch_namespaced_config_map(
+    k8s_core.patch_namespaced_config_map(
         configmap_name("jupyter-base"), namespace, {"metadata": {"labels": {"team": "ml"}}}
     )
     record_published(instance, "jupyter-base", build=2)
@@ -259,7 +256,7 @@ def test_an_unchanged_image_writes_nothing_and_a_rebuild_updates_in_place(env, i
 
     assert rebuilt.success, failure_output(rebuilt)
     assert entry_metadata(rebuilt, "jupyter-base")["thinkube_control_change"] == "updated"
-    stored = configmap(core, namespace, "jupyter-base")
+    stored = configmap(k8s_core, namespace, "jupyter-base")
     assert stored["metadata"]["uid"] == first["metadata"]["uid"]
     assert stored["metadata"]["labels"]["team"] == "ml"
     wanted = manifest_configmap(
@@ -270,17 +267,13 @@ def test_an_unchanged_image_writes_nothing_and_a_rebuild_updates_in_place(env, i
 
 
 def test_both_targets_register_in_the_catalog_and_in_thinkube_control(
-    env, images, core, namespace, catalog_server, tmp_path
+    env, images, k8s_core, namespace, catalog_server, tmp_path
 ):
     catalog = catalog_server(f"sqlite:///{tmp_path / 'catalog.db'}")
-    env.setenv(REGISTRATION_ENV, "both")
-    env.setenv(THINKUBE_CONTROL_NAMESPACE_ENV, namespace)
+    target(env, namespace, "both")
     env.setenv("THINKUBE_CATALOG_URL", catalog.base_url)
     env.setenv("THINKUBE_CATALOG_TOKEN", catalog.token)
-    instance = dg.DagsterInstance.ephemeral()
-    record_published(instance, "jupyter-ml-gpu")
-
-    result = materialize_entries(images, instance, "jupyter-ml-gpu")
+    instance, result = register(images, "jupyter-ml-gpu")
 
     assert result.success, failure_output(result)
     meta = entry_metadata(result, "jupyter-ml-gpu")
@@ -288,25 +281,21 @@ def test_both_targets_register_in_the_catalog_and_in_thinkube_control(
     assert meta["catalog_change"] == meta["thinkube_control_change"] == meta["change"] == "created"
     item = CatalogClient(catalog.base_url).get("jupyter-ml-gpu")
     assert item is not None and item.metadata.digest == digest_of("jupyter-ml-gpu", 1)
-    entry = json.loads(configmap(core, namespace, "jupyter-ml-gpu")["data"][MANIFEST_KEY])["images"][0]
+    entry = json.loads(configmap(k8s_core, namespace, "jupyter-ml-gpu")["data"][MANIFEST_KEY])["images"][0]
     assert entry["digest"] == item.metadata.digest
 
-    before = global_resource_version(core)
+    before = global_resource_version(k8s_core)
     again = materialize_entries(images, instance, "jupyter-ml-gpu")
     assert again.success, failure_output(again)
     meta = entry_metadata(again, "jupyter-ml-gpu")
     assert meta["catalog_change"] == meta["thinkube_control_change"] == meta["change"] == "unchanged"
-    assert global_resource_version(core) == before
+    assert global_resource_version(k8s_core) == before
     catalog.stop()
 
 
-def test_a_missing_namespace_fails_naming_the_namespace_and_the_cluster(env, images, core, k8s_cluster):
-    env.setenv(REGISTRATION_ENV, "thinkube-control")
-    env.setenv(THINKUBE_CONTROL_NAMESPACE_ENV, "no-such-namespace")
-    instance = dg.DagsterInstance.ephemeral()
-    record_published(instance, "jupyter-base")
-
-    result = materialize_entries(images, instance, "jupyter-base")
+def test_a_missing_namespace_fails_naming_the_namespace_and_the_cluster(env, images, k8s_core, k8s_cluster):
+    target(env, "no-such-namespace")
+    _, result = register(images, "jupyter-base")
 
     assert not result.success
     output = failure_output(result)
@@ -338,10 +327,8 @@ def test_an_invalid_registration_is_named_before_any_work(env, images):
     with pytest.raises(ValueError, match="THINKUBE_REGISTRATION='harbor'"):
         resources_for_environment("cluster")
     # Configured directly (not through the environment): the run stops before its step starts.
-    instance = dg.DagsterInstance.ephemeral()
-    record_published(instance, "jupyter-base")
     resources = {**others, "catalog": CatalogResource(registration="harbor")}
-    result = materialize_entries(images, instance, "jupyter-base", resources=resources)
+    _, result = register(images, "jupyter-base", resources=resources)
     assert not result.success
     assert "THINKUBE_REGISTRATION='harbor'" in failure_output(result)
     assert not any(e.event_type == dg.DagsterEventType.STEP_START for e in result.all_events)
@@ -358,10 +345,7 @@ def test_an_invalid_registration_is_named_before_any_work(env, images):
 def test_a_wrong_thinkube_control_setting_stops_the_run_before_its_steps(env, images, setting, value, named):
     env.setenv(REGISTRATION_ENV, "thinkube-control")
     env.setenv(setting, value)
-    instance = dg.DagsterInstance.ephemeral()
-    record_published(instance, "jupyter-base")
-
-    result = materialize_entries(images, instance, "jupyter-base")
+    _, result = register(images, "jupyter-base")
 
     assert not result.success
     assert named in failure_output(result)
@@ -372,7 +356,7 @@ def test_a_wrong_thinkube_control_setting_stops_the_run_before_its_steps(env, im
 
 
 def test_a_concurrent_write_gets_409_and_is_retried_from_a_fresh_read(
-    images, k8s_api, core, namespace, k8s_cluster, monkeypatch
+    images, k8s_api, k8s_core, namespace, k8s_cluster, monkeypatch
 ):
     cluster = KubernetesCluster(kubeconfig=str(k8s_cluster.kubeconfig), namespace=namespace)
     body = manifest_configmap(images["jupyter-base"], facts(published("jupyter-base")), namespace=namespace)
@@ -384,7 +368,7 @@ def test_a_concurrent_write_gets_409_and_is_retried_from_a_fresh_read(
     def racing_replace(self, name, ns, desired, **kwargs):
         calls.append(desired["metadata"]["resourceVersion"])
         if len(calls) == 1:  # another writer gets in between our read and our write
-            core.patch_namespaced_config_map(name, ns, {"metadata": {"annotations": {"other": "writer"}}})
+            k8s_core.patch_namespaced_config_map(name, ns, {"metadata": {"annotations": {"other": "writer"}}})
         return replace(self, name, ns, desired, **kwargs)
 
     monkeypatch.setattr(k8s.CoreV1Api, "replace_namespaced_config_map", racing_replace)
@@ -395,14 +379,16 @@ def test_a_concurrent_write_gets_409_and_is_retried_from_a_fresh_read(
     assert cluster.ensure_config_map(rebuilt.to_dict()) == "updated"
 
     assert len(calls) == 2 and calls[0] != calls[1], "the stale write was refused (409) and retried"
-    stored = configmap(core, namespace, "jupyter-base")
+    stored = configmap(k8s_core, namespace, "jupyter-base")
     assert stored["metadata"]["annotations"]["other"] == "writer"
     assert stored["data"] == rebuilt.to_dict()["data"]
 
 
-def test_a_configmap_someone_else_owns_is_never_overwritten(images, k8s_api, core, namespace, k8s_cluster):
+def test_a_configmap_someone_else_owns_is_never_overwritten(
+    images, k8s_api, k8s_core, namespace, k8s_cluster
+):
     name = configmap_name("jupyter-base")
-    core.create_namespaced_config_map(
+    k8s_core.create_namespaced_config_map(
         namespace,
         {"metadata": {"name": name, "labels": {MANAGED_BY_LABEL: "helm"}}, "data": {"keep": "me"}},
     )
@@ -411,7 +397,7 @@ def test_a_configmap_someone_else_owns_is_never_overwritten(images, k8s_api, cor
     with pytest.raises(KubernetesError, match="not managed by thinkube-pipelines"):
         ensure_config_map(k8s_api, body.to_dict(), cluster="sim")
 
-    assert configmap(core, namespace, "jupyter-base")["data"] == {"keep": "me"}
+    assert configmap(k8s_core, namespace, "jupyter-base")["data"] == {"keep": "me"}
 
 
 def test_throttling_is_waited_out(images, k8s_api, namespace, monkeypatch):
@@ -442,21 +428,18 @@ def test_throttling_is_waited_out(images, k8s_api, namespace, monkeypatch):
     f"(commit {discovery.COMMIT}) to run its own discovery code against the cluster",
 )
 @pytest.mark.filterwarnings("ignore::sqlalchemy.exc.SAWarning")
-def test_thinkube_control_own_discovery_lists_them_from_the_cluster(env, images, core, namespace):
+def test_thinkube_control_own_discovery_lists_them_from_the_cluster(env, images, k8s_core, namespace):
     """thinkube-control's real ImageDiscovery (its source at discovery.COMMIT, run unchanged) with the
     official client's CoreV1Api pointed at the cluster, as in its backend: our images in its Jupyter
     list, exactly as the restatement reads them."""
-    env.setenv(REGISTRATION_ENV, "thinkube-control")
-    env.setenv(THINKUBE_CONTROL_NAMESPACE_ENV, namespace)
-    instance = dg.DagsterInstance.ephemeral()
-    record_published(instance, *NAMES)
-    result = materialize_entries(images, instance, *NAMES)
+    target(env, namespace)
+    _, result = register(images, *NAMES)
     assert result.success, failure_output(result)
 
     code = upstream.load(upstream.git_dir())
     control = upstream.Control(code)
     image_discovery = code.image_discovery.__new__(code.image_discovery)
-    image_discovery.db, image_discovery.core_v1 = control.db, core
+    image_discovery.db, image_discovery.core_v1 = control.db, k8s_core
     found = image_discovery.discover_all()
 
     ours = {row.name: row for row in control.rows() if row.name in NAMES}
@@ -466,7 +449,7 @@ def test_thinkube_control_own_discovery_lists_them_from_the_cluster(env, images,
         assert listed[name]["display_name"] == images[name].spec.display_name
         assert ours[name].image_metadata["digest"] == digest_of(name, 1)
         assert ours[name].image_metadata["purpose"] == "jupyter"
-    items, _ = labelled_configmaps(core)
+    items, _ = labelled_configmaps(k8s_core)
     table = discovery.Table()
     table.sync(discovery.discover(items))
     assert control.jupyter_list() == discovery.jupyter_list(table)

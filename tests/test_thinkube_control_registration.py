@@ -46,15 +46,21 @@ def digest_of(name: str, build: int = 1) -> str:
     return "sha256:" + hashlib.sha256(f"{name}/{build}".encode()).hexdigest()
 
 
-def facts(name: str, build: int = 1) -> PublishedFacts:
+def built(name: str, build: int = 1) -> tuple[str, datetime, str]:
+    """Build number `build` of image `name`, made up and stable: its digest, its time and its version tag."""
     digest = digest_of(name, build)
     built_at = datetime(2026, 3, build, 12, 30, tzinfo=UTC)
+    return digest, built_at, f"{built_at:%Y.%m.%d}-{digest.removeprefix('sha256:')[:7]}"
+
+
+def facts(name: str, build: int = 1) -> PublishedFacts:
+    digest, built_at, version_tag = built(name, build)
     return PublishedFacts(
         registry=REGISTRY,
         repository=f"{PROJECT}/{name}",
         harbor_project=PROJECT,
         digest=digest,
-        version_tag=f"{built_at:%Y.%m.%d}-{digest.removeprefix('sha256:')[:7]}",
+        version_tag=version_tag,
         size=1_000_000 * (len(name) + build),
         built_at=built_at,
     )
