@@ -117,6 +117,11 @@ def release_secrets(sim: RunningSimulator, namespace: str, release: str) -> list
     return sorted(listed["items"], key=lambda s: int(s["metadata"]["labels"]["version"]))
 
 
+def release_statuses(sim: RunningSimulator, namespace: str, release: str) -> list[str]:
+    """The status of each revision of the release, oldest first (its release Secrets' `status` label)."""
+    return [s["metadata"]["labels"]["status"] for s in release_secrets(sim, namespace, release)]
+
+
 # -- OpenAPI ----------------------------------------------------------------------------------------------
 
 
@@ -334,8 +339,7 @@ def test_helm_upgrade_wait_succeeds(sim: RunningSimulator, helm: Tool, namespace
     assert status["observedGeneration"] == 2
     assert status["updatedReplicas"] == status["availableReplicas"] == 2
     assert get(sim, f"/api/v1/namespaces/{namespace}/configmaps/web-config")["data"] == {"message": "bye"}
-    secrets = release_secrets(sim, namespace, "web")
-    assert [s["metadata"]["labels"]["status"] for s in secrets] == ["superseded", "deployed"]
+    assert release_statuses(sim, namespace, "web") == ["superseded", "deployed"]
 
 
 def test_helm_upgrade_conflicts_with_a_field_another_manager_changed(
@@ -508,8 +512,7 @@ def _assert_rollout_stuck(sim: RunningSimulator, namespace: str) -> None:
     # the old pods keep serving: maxUnavailable 25% of 2 rounds down to 0
     assert deployment["status"]["availableReplicas"] == 2
     assert deployment["status"].get("updatedReplicas") == 1
-    secrets = release_secrets(sim, namespace, "web")
-    assert [s["metadata"]["labels"]["status"] for s in secrets] == ["deployed", "failed"]
+    assert release_statuses(sim, namespace, "web") == ["deployed", "failed"]
 
 
 def test_helm_upgrade_wait_fails_when_the_rollout_exceeds_its_progress_deadline(
@@ -645,8 +648,7 @@ def test_helm_install_and_upgrade_wait_of_the_jupyterhub_chart(
     for path in ("apis/batch/v1/namespaces/{ns}/jobs", "apis/apps/v1/namespaces/{ns}/daemonsets"):
         names = [o["metadata"]["name"] for o in get(sim, "/" + path.format(ns=namespace))["items"]]
         assert not [n for n in names if n.startswith("hook-")], names
-    secrets = release_secrets(sim, namespace, "hub")
-    assert [s["metadata"]["labels"]["status"] for s in secrets] == ["superseded", "deployed"]
+    assert release_statuses(sim, namespace, "hub") == ["superseded", "deployed"]
 
 
 # -- the server side of apply and patch, through the API (what the binaries above rely on) -----------------

@@ -832,20 +832,15 @@ class PodWorker:
             )
             if claim is None or (claim.get("status") or {}).get("phase") != "Bound":
                 return "PVC is not bound"
-        if "secret" in volume:
-            ref = volume["secret"]
-            if (
-                not ref.get("optional")
-                and self.store.peek(SECRETS, self.namespace, ref.get("secretName", "")) is None
-            ):
-                return f'secret "{ref.get("secretName", "")}" not found'
-        if "configMap" in volume:
-            ref = volume["configMap"]
-            if (
-                not ref.get("optional")
-                and self.store.peek(CONFIGMAPS, self.namespace, ref.get("name", "")) is None
-            ):
-                return f'configmap "{ref.get("name", "")}" not found'
+        for source, name_key, resource, noun in (
+            ("secret", "secretName", SECRETS, "secret"),
+            ("configMap", "name", CONFIGMAPS, "configmap"),
+        ):
+            if source in volume:
+                ref = volume[source]
+                name = ref.get(name_key, "")
+                if not ref.get("optional") and self.store.peek(resource, self.namespace, name) is None:
+                    return f'{noun} "{name}" not found'
         return None
 
     def _crash_loop_back_off(self, container: ContainerState, attempt: int) -> float:
