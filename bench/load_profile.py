@@ -13,6 +13,9 @@ import json
 import pstats
 import sys
 import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def main(images_dir: str) -> None:
@@ -114,7 +117,8 @@ def main(images_dir: str) -> None:
 
 
 def _short(filename: str) -> str:
-    for marker in ("site-packages/", "/work/main/", "lib/python3.11/"):
+    stdlib = f"lib/python{sys.version_info.major}.{sys.version_info.minor}/"
+    for marker in ("site-packages/", f"{REPO}/", stdlib):
         if marker in filename:
             return filename.split(marker, 1)[1]
     return filename
