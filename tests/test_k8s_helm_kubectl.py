@@ -2,7 +2,7 @@
 
 What the deploy steps run, run for real: `kubectl apply --server-side` of deploy/'s manifests, `helm
 install --wait` of a small chart (tests/charts/tiny: a Deployment, a Service, a ConfigMap) and of the
-zero-to-jupyterhub chart the hub is deployed with (/work/shared/reference, 4.4.0), `helm upgrade --wait`
+zero-to-jupyterhub chart the hub is deployed with (tests/reference/z2jh, 4.4.0), `helm upgrade --wait`
 that succeeds, and upgrades whose new image can never be pulled (a kubelet script: ErrImagePull), so that
 the rollout never completes and helm's wait fails, naming the Deployment.
 
@@ -38,7 +38,7 @@ from tests.fixtures.tools import tool_env
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_CHART = REPO / "tests" / "charts" / "tiny"
-JUPYTERHUB_CHART = Path("/work/shared/reference/jupyterhub-4.4.0.tgz")
+JUPYTERHUB_CHART = REPO / "tests" / "reference" / "z2jh" / "jupyterhub-4.4.0.tgz"
 DEPLOY_MANIFESTS = [REPO / "deploy" / "rbac.yaml", REPO / "deploy" / "catalog.yaml"]
 DEPLOY_ARGS = [a for path in DEPLOY_MANIFESTS for a in ("-f", str(path))]
 GPU_TOLERATION = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
@@ -604,7 +604,6 @@ reclaimPolicy: Delete
 """
 
 
-@pytest.mark.skipif(not JUPYTERHUB_CHART.is_file(), reason=f"{JUPYTERHUB_CHART} is not on this machine")
 def test_helm_install_and_upgrade_wait_of_the_jupyterhub_chart(
     sim: RunningSimulator,
     helm: Tool,
