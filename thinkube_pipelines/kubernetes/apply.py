@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING, Any, Literal
 
 from thinkube_pipelines.kubernetes.cluster import KubernetesError, _call
@@ -107,20 +108,18 @@ def apply_manifests(
             raise KubernetesError(f"{describe(manifest)}: a namespaced object without a namespace")
         path = kind.path(name, namespace)
         what = f"{describe(manifest)} of {cluster}"
-        options = {"_preload_content": False, "_request_timeout": timeout_s, "auth_settings": ["BearerToken"]}
-        headers = {"Accept": "application/json"}
-        before = _call(
-            lambda: api.call_api(path, "GET", header_params=headers, **options), what, missing_ok=True
-        )
+        before = _call(partial(_request, api, "GET", path, timeout_s), what, missing_ok=True)
         try:
             after = _call(
-                lambda m=manifest: api.call_api(
-                    path,
+                partial(
+                    _request,
+                    api,
                     "PATCH",
+                    path,
+                    timeout_s,
                     query_params=[("fieldManager", field_manager), ("force", "false")],
-                    header_params={**headers, "Content-Type": APPLY_CONTENT_TYPE},
-                    body=json.loads(json.dumps(m)),
-                    **options,
+                    content_type=APPLY_CONTENT_TYPE,
+                    body=json.loads(json.dumps(manifest)),
                 ),
                 what,
             )
@@ -142,3 +141,29 @@ def apply_manifests(
             outcome = "configured"
         done.append(Applied(manifest["kind"], name, namespace, outcome))
     return done
+
+
+def _request(
+    api: ApiClient,
+    method: str,
+    path: str,
+    timeout_s: float,
+    *,
+    query_params: list[tuple[str, str]] | None = None,
+    content_type: str | None = None,
+    body: Any = None,
+) -> Any:
+    """One request through the client's own transport (its auth, TLS and proxy settings); the raw answer."""
+    headers = {"Accept": "application/json"}
+    if content_type:
+        headers["Content-Type"] = content_type
+    return api.call_api(
+        path,
+        method,
+        query_params=query_params or [],
+        header_params=headers,
+        body=body,
+        auth_settings=["BearerToken"],
+        _preload_content=False,
+        _request_timeout=timeout_s,
+    )
