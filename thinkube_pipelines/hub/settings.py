@@ -48,6 +48,7 @@ OIDC_ISSUER_ENV = "THINKUBE_OIDC_ISSUER"
 OIDC_CLIENT_ID_ENV = "THINKUBE_HUB_OIDC_CLIENT_ID"
 OIDC_CLIENT_SECRET_NAME_ENV = "THINKUBE_HUB_OIDC_SECRET_NAME"
 OIDC_CLIENT_SECRET_KEY_ENV = "THINKUBE_HUB_OIDC_SECRET_KEY"
+OIDC_SCOPES_ENV = "THINKUBE_HUB_OIDC_SCOPES"
 USERNAME_CLAIM_ENV = "THINKUBE_HUB_USERNAME_CLAIM"
 GROUPS_CLAIM_ENV = "THINKUBE_HUB_GROUPS_CLAIM"
 ALLOWED_GROUPS_ENV = "THINKUBE_HUB_ALLOWED_GROUPS"
@@ -88,6 +89,7 @@ _FIELD_ENV = {
     "oidc_client_id": OIDC_CLIENT_ID_ENV,
     "oidc_client_secret_name": OIDC_CLIENT_SECRET_NAME_ENV,
     "oidc_client_secret_key": OIDC_CLIENT_SECRET_KEY_ENV,
+    "oidc_scopes": OIDC_SCOPES_ENV,
     "username_claim": USERNAME_CLAIM_ENV,
     "groups_claim": GROUPS_CLAIM_ENV,
     "allowed_groups": ALLOWED_GROUPS_ENV,
@@ -106,7 +108,7 @@ _FIELD_ENV = {
     "budget_s": BUDGET_ENV,
     "health_timeout_s": HEALTH_TIMEOUT_ENV,
 }
-_LIST_FIELDS = ("allowed_groups", "admin_groups")
+_LIST_FIELDS = ("allowed_groups", "admin_groups", "oidc_scopes")
 _VOLUME_FIELDS = ("size", "collection", "read_only")
 
 # RFC 1123 label (namespaces, release names, Secret names are at most this strict where we use them).
@@ -185,6 +187,14 @@ class HubSettings(BaseModel, frozen=True):
     )
     oidc_client_secret_key: str = Field(
         "client-secret", pattern=r"^[-._a-zA-Z0-9]+$", max_length=253, description="key in that Secret"
+    )
+    oidc_scopes: list[Claim] = Field(
+        default_factory=lambda: ["openid", "profile", "email", "groups"],
+        min_length=1,
+        description=(
+            "scopes the hub asks for; `groups` is the realm's client scope whose Group Membership mapper "
+            "puts the groups claim into the userinfo answer"
+        ),
     )
     username_claim: Claim = "preferred_username"
     groups_claim: Claim = "groups"
@@ -282,7 +292,7 @@ class HubSettings(BaseModel, frozen=True):
 
 
 def _split(value: str) -> list[str]:
-    return [part.strip() for part in value.split(",") if part.strip()]
+    return [part for part in re.split(r"[,\s]+", value) if part]
 
 
 def env_name(loc: tuple[int | str, ...]) -> str:
