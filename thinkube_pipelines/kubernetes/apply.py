@@ -46,6 +46,7 @@ class Kind:
 APPLIED_KINDS: dict[tuple[str, str], Kind] = {
     ("v1", "PersistentVolume"): Kind("", "v1", "persistentvolumes", False),
     ("v1", "PersistentVolumeClaim"): Kind("", "v1", "persistentvolumeclaims", True),
+    ("v1", "Secret"): Kind("", "v1", "secrets", True),
     ("rbac.authorization.k8s.io/v1", "ClusterRole"): Kind(
         "rbac.authorization.k8s.io", "v1", "clusterroles", False
     ),
@@ -108,11 +109,11 @@ def apply_manifests(
             raise KubernetesError(f"{describe(manifest)}: a namespaced object without a namespace")
         path = kind.path(name, namespace)
         what = f"{describe(manifest)} of {cluster}"
-        before = _call(partial(_request, api, "GET", path, timeout_s), what, missing_ok=True)
+        before = _call(partial(request, api, "GET", path, timeout_s), what, missing_ok=True)
         try:
             after = _call(
                 partial(
-                    _request,
+                    request,
                     api,
                     "PATCH",
                     path,
@@ -143,7 +144,7 @@ def apply_manifests(
     return done
 
 
-def _request(
+def request(
     api: ApiClient,
     method: str,
     path: str,

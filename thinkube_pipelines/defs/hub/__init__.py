@@ -1,0 +1,1 @@
+"""The hub_deploy job: preflight, SeaweedFS volumes, chart values and the JupyterHub release."""
