@@ -78,6 +78,35 @@ def _base_make(args: argparse.Namespace) -> int:
     return 0
 
 
+def _hub_render(args: argparse.Namespace) -> int:
+    """Render the hub release (chart values and the manifests applied beside the chart) from the settings
+    and the live catalog, validate it and write it to --out; no cluster is touched."""
+    # Imported here: `images check` needs none of this.
+    from thinkube_pipelines.catalog.client import CatalogClient, CatalogError
+    from thinkube_pipelines.hub.render import render_release, write_release
+    from thinkube_pipelines.hub.settings import CATALOG_URL_ENV, HubConfigError, HubSettings
+    from thinkube_pipelines.hub.values import HubValuesError
+
+    try:
+        hub = HubSettings.from_env()
+    except HubConfigError as exc:
+        raise CommandError(str(exc)) from None
+    catalog = CatalogClient(base_url=hub.catalog_url, timeout_s=hub.catalog_timeout_s)
+    try:
+        images = catalog.jupyter_images()
+    except CatalogError as exc:
+        raise CommandError(f"the catalog ({CATALOG_URL_ENV}={hub.catalog_url}): {exc}") from None
+    try:
+        rendered = render_release(hub, images)
+    except HubValuesError as exc:
+        raise CommandError(str(exc)) from None
+    for path in write_release(rendered, args.out):
+        print(path)
+    names = ", ".join(item.name for item in images)
+    print(f"hub release {hub.release} in {hub.namespace}: {len(images)} image(s) ({names})")
+    return 0
+
+
 def _describe(images: ImageSet) -> str:
     width = max(len(n) for n in images.names)
     lines = []
@@ -134,6 +163,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--reference", help="name to store it under (default: localhost/thinkube-base:bookworm)"
     )
     make.set_defaults(handler=_base_make)
+    hub = commands.add_parser("hub", help="the JupyterHub release (hub_deploy)")
+    hub_commands = hub.add_subparsers(dest="hub_command", required=True)
+    render = hub_commands.add_parser(
+        "render",
+        help="write the hub's chart values and manifests for review; touches no cluster",
+        description="Render the JupyterHub release from the THINKUBE_HUB_* settings and the live catalog "
+        f"(${settings.CATALOG_URL_ENV}): values.yaml (the chart's values, checked against its schema) and "
+        "manifests.yaml (the SeaweedFS volumes and the hub's node-reader RBAC, checked with "
+        "kubernetes-validate --strict), written to DIR. Nothing is written unless all of it is valid.",
+    )
+    render.add_argument("--out", type=Path, required=True, metavar="DIR", help="folder to write into")
+    render.set_defaults(handler=_hub_render)
     return parser
 
 
