@@ -10,4 +10,5 @@ pytest_plugins = [
     "tests.fixtures.docker",
     "tests.fixtures.kubernetes",
     "tests.fixtures.tools",
+    "tests.fixtures.hub",
 ]
