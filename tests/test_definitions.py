@@ -18,6 +18,7 @@ from thinkube_pipelines.defs.images.keys import STAGES
 from thinkube_pipelines.images import load_image_definitions
 
 REPO = Path(__file__).resolve().parents[1]
+HUB_ASSETS = ("preflight", "seaweedfs_volumes", "jupyterhub_values", "jupyterhub_release")
 
 
 def asset_graph(definitions: dg.Definitions):
@@ -28,8 +29,10 @@ def test_the_whole_definitions_object_loads():
     dg.Definitions.validate_loadable(defs)
     images = load_image_definitions(REPO / "images")
     keys = set(defs.resolve_all_asset_keys())
-    assert keys == {dg.AssetKey([d.name, stage]) for d in images for stage in STAGES}
+    hub = {dg.AssetKey(["hub", name]) for name in HUB_ASSETS}
+    assert keys == {dg.AssetKey([d.name, stage]) for d in images for stage in STAGES} | hub
     assert defs.resolve_job_def("build_images") is not None
+    assert defs.resolve_job_def("hub_deploy") is not None
     checks = defs.resolve_asset_graph().asset_check_keys
     # The smoke check on every build; the GPU test on the builds of the GPU images only.
     assert checks == {dg.AssetCheckKey(dg.AssetKey([d.name, "build"]), "smoke") for d in images} | {
@@ -96,8 +99,10 @@ def test_code_version_follows_the_folder_and_its_parent(tmp_path):
 def test_build_steps_share_one_concurrency_pool_and_runs_are_queued():
     graph = asset_graph(defs)
     # Each image's chain is one step (a multi-asset): all four assets share the pool of its build.
-    pools = {k: set(graph.get(k).pools) for k in defs.resolve_all_asset_keys()}
+    pools = {k: set(graph.get(k).pools) for k in defs.resolve_all_asset_keys() if k.path[0] != "hub"}
     assert pools and all(p == {"image_builds"} for p in pools.values())
+    # one hub deploy at a time (helm refuses a second operation on a release in progress)
+    assert all(set(graph.get(dg.AssetKey(["hub", n])).pools) == {"hub_deploy"} for n in HUB_ASSETS)
     config = yaml.safe_load((REPO / "dagster.yaml").read_text())
     assert config["run_coordinator"]["class"] == "QueuedRunCoordinator"
     limits = config["concurrency"]["runs"]["tag_concurrency_limits"]
@@ -188,7 +193,9 @@ def test_dagster_dev_serves_the_graph_in_a_plain_shell(tmp_path):
             time.sleep(1)
         assert nodes, log.read_text()[-3000:]
         images = load_image_definitions(REPO / "images")
-        assert {tuple(n["assetKey"]["path"]) for n in nodes} == {(d.name, s) for d in images for s in STAGES}
+        assert {tuple(n["assetKey"]["path"]) for n in nodes} == {
+            (d.name, s) for d in images for s in STAGES
+        } | {("hub", n) for n in HUB_ASSETS}
     finally:
         os.killpg(process.pid, signal.SIGTERM)
         try:

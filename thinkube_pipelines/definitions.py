@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dagster as dg
 
+from thinkube_pipelines.defs.hub.assets import hub_assets
+from thinkube_pipelines.defs.hub.jobs import hub_deploy_job
 from thinkube_pipelines.defs.images.assets import image_assets
 from thinkube_pipelines.defs.images.jobs import build_images_job
 from thinkube_pipelines.defs.resources import resources_for_environment
@@ -20,8 +22,8 @@ def build_definitions(images_dir=None) -> dg.Definitions:
     """
     images = load_image_definitions(images_dir or default_images_dir())
     return dg.Definitions(
-        assets=image_assets(images),
-        jobs=[build_images_job],
+        assets=[*image_assets(images), *hub_assets(images)],
+        jobs=[build_images_job, hub_deploy_job],
         resources=resources_for_environment(),
         executor=dg.in_process_executor,
     )

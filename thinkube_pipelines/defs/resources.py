@@ -268,6 +268,22 @@ def _gpu_test() -> bool:
     return value == "true"
 
 
+def _hub() -> Any:
+    """The hub deploy: the cluster from $KUBECONFIG (else ~/.kube/config, else the pod's ServiceAccount),
+    the OAuth client secret by reference (required: a hub_deploy run without it fails when it starts),
+    helm from $THINKUBE_HELM (else PATH), the health URL from $THINKUBE_HUB_HEALTH_URL (else the public
+    URL's /hub/health). The other settings: thinkube_pipelines/hub/settings.py."""
+    from thinkube_pipelines.defs.hub.resources import OIDC_CLIENT_SECRET_ENV, HubDeployment
+    from thinkube_pipelines.hub.release import HEALTH_URL_ENV, HELM_ENV
+
+    return HubDeployment(
+        cluster=KubernetesCluster(kubeconfig=env_setting(KUBECONFIG_ENV, None)),
+        oidc_client_secret=dg.EnvVar(OIDC_CLIENT_SECRET_ENV),
+        helm=env_setting(HELM_ENV, None),
+        health_url=env_setting(HEALTH_URL_ENV, None),
+    )
+
+
 def local_resources() -> dict[str, Any]:
     """This machine: buildah (or the Docker engine), the local registry and catalog service."""
     return {
@@ -278,6 +294,7 @@ def local_resources() -> dict[str, Any]:
         ),
         "catalog": _catalog(env_setting(s.CATALOG_URL_ENV, s.DEFAULT_CATALOG_URL)),
         "build_settings": _build_settings(),
+        "hub": _hub(),
     }
 
 
@@ -293,6 +310,7 @@ def cluster_resources() -> dict[str, Any]:
         "registry": _registry(url=dg.EnvVar(s.REGISTRY_URL_ENV), flavor=_flavor("harbor")),
         "catalog": _catalog(dg.EnvVar(s.CATALOG_URL_ENV)),
         "build_settings": _build_settings(),
+        "hub": _hub(),
     }
 
 

@@ -27,7 +27,15 @@ PREFLIGHT = dg.AssetKey(["hub", "preflight"])
 VOLUMES = dg.AssetKey(["hub", "seaweedfs_volumes"])
 VALUES = dg.AssetKey(["hub", "jupyterhub_values"])
 RELEASE = dg.AssetKey(["hub", "jupyterhub_release"])
-COMMON: dict[str, Any] = {"group_name": GROUP, "owners": OWNERS, "tags": {PART_TAG: HUB_PART}}
+HUB_POOL = "hub_deploy"
+"""Dagster concurrency pool of the hub steps: one deploy at a time (helm refuses a second operation on a
+release in progress)."""
+COMMON: dict[str, Any] = {
+    "group_name": GROUP,
+    "owners": OWNERS,
+    "tags": {PART_TAG: HUB_PART},
+    "pool": HUB_POOL,
+}
 
 
 class _Log:
