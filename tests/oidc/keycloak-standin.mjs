@@ -25,7 +25,16 @@
 //   viewer         realm role image-reader only                              (no writer role: 403)
 //   custom-writer  realm role some-custom-role                               (THINKUBE_CATALOG_WRITER_ROLE tests)
 //   short-lived    realm role image-writer, access tokens live 1 s            (expiry tests)
-//   jupyterhub     authorization_code for the hub's login (users from the dev login form)
+//   jupyterhub     authorization_code for the hub's login (users from the dev login form); its redirect URI
+//                  is --hub-redirect. Its access tokens are for the userinfo endpoint (no resource
+//                  indicator), which the hub asks for the user's claims, as it does Keycloak's.
+//
+// Users of the dev login form (oidc-provider devInteractions: any login name signs in, any password; the
+// consent page follows). Their `groups` claim (scope `groups`, like a Keycloak Group Membership mapper
+// without full paths) is ACCOUNT_GROUPS[login], else DEFAULT_GROUPS:
+//   hub-user     jupyterhub-users                     (may use the hub)
+//   hub-admin    jupyterhub-users, jupyterhub-admins  (may use and administer the hub)
+//   outsider     other-team                           (outside the hub's groups: refused)
 //
 // TEST ONLY: POST <mint_url> (http://host:port/test-only/mint) mints tokens no grant gives without a user
 // (ID tokens, refresh tokens, tokens not yet valid, tokens of the lying and keyless realms). They are
@@ -75,6 +84,13 @@ const ROLES = {
   'short-lived': { realm_access: { roles: [WRITER_ROLE] } },
 };
 const TTL = { 'short-lived': 1 };
+const HUB_CLIENT = 'jupyterhub';
+const ACCOUNT_GROUPS = {
+  'hub-user': ['jupyterhub-users'],
+  'hub-admin': ['jupyterhub-users', 'jupyterhub-admins'],
+  outsider: ['other-team'],
+};
+const DEFAULT_GROUPS = ['jupyter-users'];
 
 const machineClient = (id) => ({
   client_id: id,
@@ -88,8 +104,8 @@ const machineClient = (id) => ({
 const clients = [
   ...Object.keys(ROLES).map(machineClient),
   {
-    client_id: 'jupyterhub',
-    client_secret: 'jupyterhub-secret',
+    client_id: HUB_CLIENT,
+    client_secret: `${HUB_CLIENT}-secret`,
     redirect_uris: [args['hub-redirect']],
     grant_types: ['authorization_code', 'refresh_token'],
     response_types: ['code'],
@@ -119,7 +135,8 @@ function realmProvider(issuer) {
       introspection: { enabled: true },
       resourceIndicators: {
         enabled: true,
-        defaultResource: () => RESOURCE,
+        // the hub's tokens are for userinfo (no resource), the machine clients' for the catalog
+        defaultResource: (ctx, client) => (client?.clientId === HUB_CLIENT ? undefined : RESOURCE),
         useGrantedResource: () => true,
         getResourceServerInfo: (ctx, resource, client) => ({
           scope: SCOPE,
@@ -137,7 +154,7 @@ function realmProvider(issuer) {
         sub: id,
         preferred_username: id,
         email: `${id}@example.org`,
-        groups: ['jupyter-users'],
+        groups: ACCOUNT_GROUPS[id] ?? DEFAULT_GROUPS,
       }),
     }),
     extraTokenClaims: async (ctx, token) => ({
