@@ -33,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import hashlib
+import html
 import json
 import logging
 import math
@@ -396,11 +397,6 @@ def slug_for(name: str) -> str:
     return slug
 
 
-def choice_key(text: str) -> str:
-    """A form-safe key for a choice (a GPU product): what slug_for makes of it."""
-    return slug_for(text)
-
-
 def _with_gpu_toleration(toleration: dict[str, Any], spawner: Any) -> Any:
     """KubeSpawner's tolerations (a list or a dict, as configured) plus the GPU toleration."""
     current = spawner.tolerations
@@ -472,8 +468,9 @@ def build_profiles(images: list[Image], facts: GpuFacts, settings: Settings) -> 
             if len(named) > 1:
                 choices = {ANY_PRODUCT: {"display_name": "Any GPU node", "default": True}}
                 for product, count in named.items():
-                    choices[choice_key(product)] = {
-                        "display_name": f"{product} (up to {count} per node)",
+                    # A label value ([A-Za-z0-9._-]) is safe as the form's choice key as it is.
+                    choices[product] = {
+                        "display_name": html.escape(f"{product} (up to {count} per node)"),
                         "kubespawner_override": {"node_selector": {settings.gpu_product_label: product}},
                     }
                 options[GPU_PRODUCT_OPTION] = {"display_name": "GPU type", "choices": choices}
@@ -523,9 +520,14 @@ def build_profiles(images: list[Image], facts: GpuFacts, settings: Settings) -> 
                     for value in memory_choices(image.mem_limit)
                 },
             }
+        # KubeSpawner's form template puts these into the page as they are (it does not escape): the
+        # catalog's text must not become markup on the spawn page.
+        description = image.description
+        if image.gpu_required and not facts.products:
+            description = f"{description} (No GPU node is schedulable now.)".strip()
         profile: dict[str, Any] = {
-            "display_name": image.display_name,
-            "description": image.description,
+            "display_name": html.escape(image.display_name),
+            "description": html.escape(description),
             "slug": slug_for(image.name),
             "default": bool(defaults) and image.name == defaults[0],
             "kubespawner_override": override,
