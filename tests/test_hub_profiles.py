@@ -420,6 +420,13 @@ def test_thinkube_control_answer(hub: Hub, stand_in: StandIn) -> None:
     }
 
 
+def test_a_long_catalog_answer_is_read_whole(hub: Hub, stand_in: StandIn) -> None:
+    """Hundreds of images (a body of many chunks) arrive whole, in order."""
+    items = [thinkube_control_item(f"jupyter-{n:03d}", f"Image {n} " + "x" * 400, n == 0) for n in range(400)]
+    profile_list = hub.profiles(stand_in.answer(items))
+    assert [p["slug"] for p in profile_list] == [f"jupyter-{n:03d}" for n in range(400)]
+
+
 # --- the spawn page's errors ------------------------------------------------------------------------
 
 
@@ -429,6 +436,8 @@ def test_thinkube_control_answer(hub: Hub, stand_in: StandIn) -> None:
         (200, [], "lists no Jupyter image"),  # thinkube-control's "none"
         (500, {"detail": "database exploded"}, "answered HTTP 500: database exploded"),
         (200, b"<html>not json</html>", "answered a malformed list: Expecting value"),
+        (200, b"[" + b" " * profiles.MAX_CATALOG_BYTES + b"]", "answered more than 4194304 bytes"),
+        (502, b"<html>\nBad gateway</html>", "answered HTTP 502: <html>"),
         (200, {"items": []}, "answered a malformed list: expected a JSON list of images, got dict"),
         (
             200,

@@ -254,14 +254,20 @@ async def fetch_images(settings: Settings) -> list[Image]:
             aiohttp.ClientSession(timeout=timeout) as session,
             session.get(url, headers={"Accept": "application/json"}, allow_redirects=False) as response,
         ):
-            body = await response.content.read(MAX_CATALOG_BYTES + 1)
             status = response.status
-    except TimeoutError:
+            body = bytearray()
+            async for chunk in response.content.iter_chunked(64 * 1024):
+                body += chunk
+                if len(body) > MAX_CATALOG_BYTES:
+                    break
+    except TimeoutError:  # aiohttp's timeouts are TimeoutErrors too
         raise CatalogUnavailable(
             f"The image catalog at {url} did not answer within {settings.catalog_timeout_s:g} s."
         ) from None
-    except aiohttp.ClientError as error:
+    except aiohttp.ClientConnectionError as error:
         raise CatalogUnavailable(f"The image catalog at {url} is unreachable: {error}.") from None
+    except aiohttp.ClientError as error:
+        raise CatalogUnavailable(f"The image catalog at {url} could not be read: {error}.") from None
     if status != 200:
         detail = _detail(body)
         raise CatalogUnavailable(
@@ -270,7 +276,7 @@ async def fetch_images(settings: Settings) -> list[Image]:
     if len(body) > MAX_CATALOG_BYTES:
         raise CatalogUnavailable(f"The image catalog at {url} answered more than {MAX_CATALOG_BYTES} bytes.")
     try:
-        images = parse_images(json.loads(body))
+        images = parse_images(json.loads(bytes(body)))
     except ValueError as error:  # json.JSONDecodeError is a ValueError
         raise CatalogUnavailable(f"The image catalog at {url} answered a malformed list: {error}.") from None
     if not images:
@@ -278,15 +284,16 @@ async def fetch_images(settings: Settings) -> list[Image]:
     return images
 
 
-def _detail(body: bytes) -> str:
-    """The `detail` of an error answer (FastAPI's shape), else its first line, kept short."""
+def _detail(body: bytes | bytearray) -> str:
+    """The `detail` of an error answer (FastAPI's shape), else its first line; at most 200 characters."""
     try:
         detail = json.loads(body).get("detail")
     except (ValueError, AttributeError):
         detail = None
-    text = detail if isinstance(detail, str) else body.decode("utf-8", "replace").strip().splitlines()[:1]
-    text = text if isinstance(text, str) else (text[0] if text else "")
-    return text[:200]
+    if not isinstance(detail, str):
+        lines = body.decode("utf-8", "replace").strip().splitlines()
+        detail = lines[0] if lines else ""
+    return detail[:200]
 
 
 # --- the cluster's GPUs -----------------------------------------------------------------------------
