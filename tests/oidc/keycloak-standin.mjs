@@ -147,6 +147,9 @@ function realmProvider(issuer) {
       },
     },
     scopes: ['openid', 'profile', 'email', 'groups'],
+    // Keycloak gives a refresh token with every authorization-code login (no offline_access needed); this
+    // also makes refresh_token a grant type the provider supports, which the hub's client lists.
+    issueRefreshToken: async (ctx, client) => client.grantTypeAllowed('refresh_token'),
     claims: { profile: ['preferred_username', 'name'], email: ['email'], groups: ['groups'] },
     findAccount: async (ctx, id) => ({
       accountId: id,
