@@ -120,6 +120,7 @@ def e2e(hub_venv, helm_bin, k8s_cluster: RunningSimulator, tmp_path_factory) -> 
             pytest.fail(str(error), pytrace=False)
         pvs: list[str] = []
         e2e: E2E | None = None
+        failure = ""
         try:
             writer = CatalogClient(base_url=catalog.base_url, token=catalog.token)
             for payload in catalog_payloads():
@@ -171,7 +172,7 @@ def e2e(hub_venv, helm_bin, k8s_cluster: RunningSimulator, tmp_path_factory) -> 
             e2e = E2E(hub, settings, release, k8s_cluster, catalog, catalog_dir)
             yield e2e
         except ChartHubError as error:
-            pytest.fail(str(error), pytrace=False)
+            failure = str(error)
         finally:
             if e2e is not None:
                 e2e.hub.stop()
@@ -180,6 +181,8 @@ def e2e(hub_venv, helm_bin, k8s_cluster: RunningSimulator, tmp_path_factory) -> 
             requests.delete(f"{k8s_cluster.url}/api/v1/namespaces/{namespace}", timeout=10)
             for name in pvs:
                 requests.delete(f"{k8s_cluster.url}/api/v1/persistentvolumes/{name}", timeout=10)
+    if failure:
+        pytest.fail(failure, pytrace=False)
 
 
 # -- a browser, as far as these pages need one --------------------------------------------------------
@@ -278,6 +281,8 @@ def test_hub_answers_health_through_the_proxy(e2e: E2E):
     log = e2e.hub.hub_log.read_text()
     assert "Loading extra config: thinkube-profiles" in log
     assert "Loading pass-through config section hub.config.GenericOAuthenticator" in log
+    # the chart's idle culler, a managed service of the hub, runs and reaches the hub's API
+    wait_until(lambda: "(jupyterhub-idle-culler@127.0.0.1)" in e2e.hub.hub_log.read_text(), timeout_s=30)
 
 
 def test_user_of_an_allowed_group_logs_in(e2e: E2E):
