@@ -374,6 +374,9 @@ def test_spawn_a_gpu_profile_schedules_the_pod_on_a_gpu_node(e2e: E2E, hub_venv:
     [container] = spec["containers"]
     assert container["image"] == f"{REGISTRY}/library/{GPU_IMAGE}@{GPU_DIGEST}"
     assert container["resources"]["limits"][GPU] == str(count)
+    # the image's cpu_limit, the form's default (KubeSpawner sends a number, which a real API server
+    # stores as the quantity "8"; the simulator keeps it as sent)
+    assert float(container["resources"]["limits"]["cpu"]) == 8
     assert {"key": GPU, "operator": "Exists", "effect": "NoSchedule"} in spec["tolerations"]
     assert not spec.get("affinity", {}).get("nodeAffinity")
 
