@@ -50,6 +50,16 @@ HARBOR = "Harbor"
 NAMESPACE = "namespace"
 
 
+EXPECTED = {
+    KEYCLOAK: "the realm's OIDC discovery document (HTTP 200) with its issuer and endpoints",
+    CSI_DRIVER: "the CSIDriver object of the SeaweedFS CSI driver",
+    FILER: "the SeaweedFS filer answering HTTP",
+    CATALOG: "at least one Jupyter image",
+    HARBOR: "the registry's OCI API at /v2/",
+    NAMESPACE: "the namespace to exist or be created",
+}
+
+
 class CheckFailed(Exception):
     """One dependency is missing or answers something else than expected (the message says both)."""
 
@@ -71,7 +81,8 @@ class Failure:
     problem: str
 
     def __str__(self) -> str:
-        return f"{self.dependency} ({self.target}): {self.problem}"
+        expected = "" if "expected" in self.problem else f"; expected {EXPECTED[self.dependency]}"
+        return f"{self.dependency} ({self.target}): {self.problem}{expected}"
 
 
 class PreflightError(RuntimeError):

@@ -191,7 +191,8 @@ def deploy_release(
         raise ReleaseError(
             f"helm upgrade --install of release {settings.release} ({chart_label(settings)}) in namespace "
             f"{settings.namespace} failed after {helm_s:.1f} s (helm timeout {_seconds(helm_timeout)}); "
-            f"rolled back: {state['summary']}.\nhelm said:\n{_tail(result.stderr.strip() or result.stdout)}"
+            f"after the rollback: {state['summary']}.\nhelm said:\n"
+            + _tail(result.stderr.strip() or result.stdout)
         )
     log(f"helm: {state['summary']} in {helm_s:.1f} s; waiting for {url}")
 
