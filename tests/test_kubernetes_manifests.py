@@ -653,7 +653,13 @@ def test_no_other_code_calls_the_kubernetes_api():
         for path in PACKAGE.rglob("*.py")
         if client.search(path.read_text())
     }
-    assert callers == {"builders/kubernetes.py", "kubernetes/cluster.py"}
+    assert callers == {
+        "builders/kubernetes.py",
+        "kubernetes/cluster.py",
+        "kubernetes/apply.py",  # the hub deploy's server-side apply (test_the_hub_deploy_rights_...)
+        "hub/preflight.py",  # CSIDriver and namespace (test_the_hub_deploy_rights_...)
+        "defs/hub/assets.py",  # an ApiClient for the two above, no call of its own
+    }
 
 
 def test_the_rights_scan_sees_every_kind_of_call(tmp_path):
@@ -698,3 +704,107 @@ def test_the_catalog_deployment_reads_its_database_from_a_secret_and_has_probes(
         assert catalog[probe]["httpGet"]["path"] == "/healthz"
     assert deployment["spec"]["template"]["spec"]["securityContext"]["runAsNonRoot"] is True
     assert catalog["resources"]["limits"] and catalog["resources"]["requests"]
+
+
+# -- the hub deploy -------------------------------------------------------------------------------------
+
+HUB_CHART = Path(__file__).resolve().parent / "reference" / "z2jh" / "jupyterhub-4.4.0.tgz"
+HUB_NAMESPACE = "jupyterhub"
+WRITE = {"get", "create", "patch"}
+"""What applying an object needs: helm 4 and our apply read it, then PATCH it server-side (create if new)."""
+
+
+def cluster_role_rights(name: str) -> dict[tuple[str, str], set[str]]:
+    [role] = [o for _, o in deploy_objects() if o["kind"] == "ClusterRole" and o["metadata"]["name"] == name]
+    return _rights(role["rules"])
+
+
+def _rights(rules: list[dict]) -> dict[tuple[str, str], set[str]]:
+    rights: dict[tuple[str, str], set[str]] = {}
+    for rule in rules:
+        assert "resourceNames" not in rule, rule
+        for group in rule["apiGroups"]:
+            for resource in rule["resources"]:
+                rights.setdefault((group, resource), set()).update(rule["verbs"])
+    return rights
+
+
+def _holds(granted: dict[tuple[str, str], set[str]], needed: dict[tuple[str, str], set[str]]) -> list[str]:
+    return [
+        f"{g or 'core'}/{r}: {sorted(v - granted.get((g, r), set()))}"
+        for (g, r), v in needed.items()
+        if v - granted.get((g, r), set())
+    ]
+
+
+def _resource(api_version: str, kind: str) -> tuple[str, str]:
+    group = api_version.rpartition("/")[0]
+    plural = {"NetworkPolicy": "networkpolicies", "Ingress": "ingresses"}.get(kind, kind.lower() + "s")
+    return group, plural
+
+
+def test_the_hub_deploy_rights_cover_the_chart_with_our_values_and_nothing_escalates(helm_bin, tmp_path):
+    """The simulator does not enforce RBAC, so this compares, statically, what the hub deploy makes with
+    what deploy/rbac.yaml grants its account: every object `helm template` renders from the chart and the
+    rendered values (applied in the hub namespace), every rule of the chart's Roles (RBAC refuses a Role
+    holding rights its creator lacks), the manifests applied beside the chart (the volumes, the hub's node
+    reader, whose rules the account must hold cluster-wide) and the preflight's reads."""
+    import subprocess
+
+    from tests.fixtures.catalog import sample_image
+    from tests.fixtures.tools import tool_env
+    from thinkube_pipelines.catalog.contract import CatalogItem
+    from thinkube_pipelines.hub.render import render_release
+    from thinkube_pipelines.hub.settings import HubSettings
+    from thinkube_pipelines.kubernetes.apply import APPLIED_KINDS
+
+    settings = HubSettings(
+        namespace=HUB_NAMESPACE,
+        public_url="https://jupyter.example.org",
+        oidc_issuer="https://keycloak.example.org/realms/thinkube",
+        filer_url="http://seaweedfs-filer.seaweedfs:8888",
+    )
+    rendered = render_release(settings, [CatalogItem.model_validate(sample_image())])
+    values = tmp_path / "values.yaml"
+    values.write_text(rendered.values_yaml())
+    template = subprocess.run(
+        [str(helm_bin), "template", settings.release, str(HUB_CHART), "-n", HUB_NAMESPACE, "-f", str(values)],
+        env=tool_env(tmp_path / "tools"),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    chart = [o for o in yaml.safe_load_all(template.stdout) if o]
+    namespaced = role_rights("thinkube-pipelines-hub-deploy")
+    cluster = cluster_role_rights("thinkube-pipelines")
+
+    # every chart object is namespaced (the user-scheduler's ClusterRole is off in our values) and writable
+    kinds = {(o["apiVersion"], o["kind"]) for o in chart}
+    assert not {k for _, k in kinds} & {"ClusterRole", "ClusterRoleBinding", "PriorityClass"}, kinds
+    needed = {_resource(*k): WRITE | {"list", "watch", "delete"} for k in kinds}
+    assert _holds(namespaced, needed) == []
+    # the chart's Roles: their rules are held in the namespace (no escalate/bind anywhere)
+    for role in (o for o in chart if o["kind"] == "Role"):
+        assert _holds(namespaced, _rights(role["rules"])) == [], role["metadata"]["name"]
+    # the manifests applied beside the chart, and the OAuth client Secret
+    for manifest in [*rendered.manifests, {"apiVersion": "v1", "kind": "Secret", "metadata": {}}]:
+        kind = APPLIED_KINDS[(manifest["apiVersion"], manifest["kind"])]
+        granted = namespaced if kind.namespaced else cluster
+        assert _holds(granted, {(kind.group, kind.resource): WRITE}) == [], manifest["kind"]
+        if manifest["kind"] == "ClusterRole":
+            assert _holds(cluster, _rights(manifest["rules"])) == [], "the node reader's rules"
+    # the preflight
+    assert (
+        _holds(cluster, {("storage.k8s.io", "csidrivers"): {"get"}, ("", "namespaces"): {"get", "create"}})
+        == []
+    )
+    # and nothing more cluster-wide than the above
+    assert cluster == {
+        ("", "persistentvolumes"): WRITE,
+        ("", "namespaces"): {"get", "create"},
+        ("storage.k8s.io", "csidrivers"): {"get"},
+        ("rbac.authorization.k8s.io", "clusterroles"): WRITE,
+        ("rbac.authorization.k8s.io", "clusterrolebindings"): WRITE,
+        ("", "nodes"): {"get", "list", "watch"},
+    }
