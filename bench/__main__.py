@@ -2,10 +2,11 @@
 
     python -m bench                 everything (about 30 minutes: the cold build is a real buildah build,
                                     the catalog's load runs 2 databases x 3 servers x 3 repetitions x 30 s)
-    python -m bench --quick         the load benchmark at 50 folders, the catalog's load at 10 s a run and
-                                    the Kubernetes builder, 3 repetitions each; prints, writes nothing
-    python -m bench --only load     one part (load, pipeline, catalog or kubernetes); --out PATH to write
-                                    its results
+    python -m bench --quick         the load benchmark at 50 folders, the catalog's load at 10 s a run, the
+                                    Kubernetes builder and the hub, 3 repetitions each; prints, writes
+                                    nothing
+    python -m bench --only load     one part (load, pipeline, catalog, kubernetes or hub); --out PATH to
+                                    write its results
     python -m bench --only catalog --quick   the catalog's load only, shortened
     python -m bench --only kubernetes --update   one part, its section replaced in bench/RESULTS.md (or
                                     --out PATH), the header and the other sections kept as they are
@@ -40,10 +41,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--quick",
         action="store_true",
-        help="load benchmark at 50 folders, catalog load at 10 s a run, Kubernetes builder, 3 repetitions "
-        "each (with --only: that part, shortened; the pipeline has no short form)",
+        help="load benchmark at 50 folders, catalog load at 10 s a run, Kubernetes builder, hub, 3 "
+        "repetitions each (with --only: that part, shortened; the pipeline has no short form)",
     )
-    parser.add_argument("--only", choices=["load", "pipeline", "catalog", "kubernetes"], help="run one part")
+    parser.add_argument(
+        "--only", choices=["load", "pipeline", "catalog", "kubernetes", "hub"], help="run one part"
+    )
     parser.add_argument(
         "--update",
         action="store_true",
@@ -69,6 +72,12 @@ def main(argv: list[str] | None = None) -> int:
         help="builds (and bare Jobs) of the Kubernetes builder",
     )
     parser.add_argument(
+        "--hub-repetitions",
+        type=int,
+        default=9,
+        help="hub deploys (first and again) and helm templates; the spawn page's repetitions are fixed",
+    )
+    parser.add_argument(
         "--out", type=Path, help=f"where to write the results (default {RESULTS}, not with --quick)"
     )
     args = parser.parse_args(argv)
@@ -76,17 +85,19 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--update needs --only, and writes nothing with --quick")
     signal.signal(signal.SIGTERM, _terminate)
 
-    parts = {"load", "pipeline", "catalog", "kubernetes"} if args.only is None else {args.only}
+    parts = {"load", "pipeline", "catalog", "kubernetes", "hub"} if args.only is None else {args.only}
     sizes, repetitions = [50, 500], max(3, args.repetitions)
     builds = max(3, args.kubernetes_repetitions)
+    hub_options = {"repetitions": max(3, args.hub_repetitions)}
     catalog_config = CatalogLoadConfig(
         repetitions=max(1, args.catalog_repetitions),
         duration_s=max(1, args.catalog_duration),
         databases=tuple(args.catalog_database or ("sqlite", "postgresql")),
     )
     if args.quick:
-        parts = {"load", "catalog", "kubernetes"} if args.only is None else {args.only}
+        parts = {"load", "catalog", "kubernetes", "hub"} if args.only is None else {args.only}
         sizes, repetitions, builds = [50], 3, 3
+        hub_options = {"repetitions": 3, "spawn_repetitions": 10, "bursts": 3}
         catalog_config = replace(catalog_config, repetitions=3, duration_s=10, warmup_s=2)
     out = args.out or (None if args.quick or (args.only and not args.update) else RESULTS)
     if "catalog" in parts:
@@ -99,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
         "load_before": load_average(),
     }
     log(f"machine: {context['machine']}; load average {context['load_before']}")
-    load = pipeline = catalog = kubernetes = None
+    load = pipeline = catalog = kubernetes = hub = None
     if "load" in parts:
         from bench.load import run_load
 
@@ -125,9 +136,18 @@ def main(argv: list[str] | None = None) -> int:
             "interleaved"
         )
         kubernetes = run_kubernetes_builder(builds)
+    if "hub" in parts:
+        from bench.hub import run_hub
+
+        log(
+            f"hub deploy against the simulator and real services: {hub_options['repetitions']} first "
+            "deploys, redeploys and helm templates, interleaved; then the profile callable per spawn-page "
+            "load"
+        )
+        hub = run_hub(**hub_options)
     context["load_after"] = load_average()
     context["duration"] = f"{(time.monotonic() - started) / 60:.1f} min"
-    text = render(context, load, pipeline, catalog, kubernetes)
+    text = render(context, load, pipeline, catalog, kubernetes, hub)
     print(text, flush=True)
     if out is not None:
         if args.update and out.exists():
