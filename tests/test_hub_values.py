@@ -299,6 +299,21 @@ def test_models_writable_when_configured(monkeypatch):
     assert {"name": "scratch", "emptyDir": {"sizeLimit": "50Gi"}} in storage["extraVolumes"]
 
 
+def test_hub_database_on_the_configured_storage_class(monkeypatch, tmp_path, helm_bin):
+    """The chart keeps the hub's SQLite database on a PVC: on the cluster's default StorageClass unless one is
+    named (without a default class the claim never binds and helm's wait fails)."""
+    for storage_class, expected in ((None, None), ("longhorn", "longhorn")):
+        extra = {"THINKUBE_HUB_DB_STORAGE_CLASS": storage_class} if storage_class else {}
+        settings = env_settings(monkeypatch, **extra)
+        out = tmp_path / f"release-{storage_class}"
+        write_release(render_release(settings, catalog_items()), out)
+        objects = [
+            o for o in yaml.safe_load_all(helm_template(helm_bin, tmp_path, out / VALUES_FILE, "hub")) if o
+        ]
+        claim = _find(objects, "PersistentVolumeClaim", "hub-db-dir")
+        assert claim["spec"].get("storageClassName") == expected
+
+
 def test_no_node_selector_or_affinity_for_users(rendered_release):
     values = rendered_release["release"].values
     merged = coalesce(chart_defaults(), values)

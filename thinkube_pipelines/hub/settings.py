@@ -44,6 +44,7 @@ CHART_PATH_ENV = "THINKUBE_HUB_CHART_PATH"
 PUBLIC_URL_ENV = "THINKUBE_HUB_PUBLIC_URL"
 INGRESS_CLASS_ENV = "THINKUBE_HUB_INGRESS_CLASS"
 INGRESS_TLS_SECRET_ENV = "THINKUBE_HUB_INGRESS_TLS_SECRET"
+DB_STORAGE_CLASS_ENV = "THINKUBE_HUB_DB_STORAGE_CLASS"
 OIDC_ISSUER_ENV = "THINKUBE_OIDC_ISSUER"
 OIDC_CLIENT_ID_ENV = "THINKUBE_HUB_OIDC_CLIENT_ID"
 OIDC_CLIENT_SECRET_NAME_ENV = "THINKUBE_HUB_OIDC_SECRET_NAME"
@@ -85,6 +86,7 @@ _FIELD_ENV = {
     "public_url": PUBLIC_URL_ENV,
     "ingress_class": INGRESS_CLASS_ENV,
     "ingress_tls_secret": INGRESS_TLS_SECRET_ENV,
+    "db_storage_class": DB_STORAGE_CLASS_ENV,
     "oidc_issuer": OIDC_ISSUER_ENV,
     "oidc_client_id": OIDC_CLIENT_ID_ENV,
     "oidc_client_secret_name": OIDC_CLIENT_SECRET_NAME_ENV,
@@ -179,6 +181,11 @@ class HubSettings(BaseModel, frozen=True):
     ingress_class: str | None = Field(None, description="ingressClassName of the hub's Ingress")
     ingress_tls_secret: DnsSubdomain | None = Field(
         None, description="TLS Secret of the hub's Ingress (for an https public URL)"
+    )
+    db_storage_class: DnsSubdomain | None = Field(
+        None,
+        description="StorageClass of the hub's database volume (the chart's sqlite-pvc); None: the "
+        "cluster's default class, which must then exist",
     )
     oidc_issuer: str = Field(description="the Keycloak realm URL, exactly its discovery document's issuer")
     oidc_client_id: str = Field("jupyterhub", min_length=1, max_length=255, pattern=r"^[^\s]+$")

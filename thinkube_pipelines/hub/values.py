@@ -118,8 +118,19 @@ class ExtraFile(_Values):
     mode: int | None = None
 
 
+class HubDbPvc(_Values):
+    storageClassName: str | None = None
+
+
+class HubDb(_Values):
+    """The chart's default database (SQLite on a PVC), on a named StorageClass when one is configured."""
+
+    pvc: HubDbPvc = HubDbPvc()
+
+
 class Hub(_Values):
     config: HubConfig
+    db: HubDb = HubDb()
     extraEnv: dict[str, str | EnvFromSecret]
     extraFiles: dict[str, ExtraFile]
     extraConfig: dict[str, str]
@@ -383,6 +394,7 @@ def build_values(
             PROFILES_FILE_KEY: ExtraFile(mountPath=PROFILES_MOUNT_PATH, stringData=profiles_source())
         },
         extraConfig={PROFILES_FILE_KEY: PROFILES_EXTRA_CONFIG},
+        db=HubDb(pvc=HubDbPvc(storageClassName=settings.db_storage_class)),
     )
     tls = []
     if settings.ingress_tls_secret:
