@@ -133,9 +133,11 @@ base: setup services  ## publish the Debian base image root images build FROM to
 	@mkdir -p .dagster
 	cp dagster.yaml $@
 
-# The instance limits the `image_builds` pool (every build step) to one at a time; no other pool is limited.
+# The instance limits the `image_builds` pool (every build step) and the `hub_deploy` pool (every hub step) to
+# one at a time; no other pool is limited.
 .dagster/pools.stamp: .dagster/dagster.yaml
 	DAGSTER_HOME=$(CURDIR)/.dagster $(BIN)/dagster instance concurrency set image_builds 1
+	DAGSTER_HOME=$(CURDIR)/.dagster $(BIN)/dagster instance concurrency set hub_deploy 1
 	@touch $@
 
 bench: setup  ## run the benchmarks (bench/) and write bench/RESULTS.md

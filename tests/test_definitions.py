@@ -1,6 +1,7 @@
 """The code location loads, and its graph follows images/: four assets per image, parents before children."""
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -107,21 +108,29 @@ def test_build_steps_share_one_concurrency_pool_and_runs_are_queued():
     assert config["run_coordinator"]["class"] == "QueuedRunCoordinator"
     limits = config["concurrency"]["runs"]["tag_concurrency_limits"]
     assert {"key": "thinkube/run-kind", "value": "image-build", "limit": 1} in limits
+    assert {"key": "thinkube/run-kind", "value": "hub-deploy", "limit": 1} in limits
+    assert defs.resolve_job_def("hub_deploy").tags["thinkube/run-kind"] == "hub-deploy"
     assert defs.resolve_job_def("build_images").tags["thinkube/run-kind"] == "image-build"
 
 
-def test_the_instance_limits_the_build_pool_only(tmp_path):
-    """What `make` does to the instance: the build pool gets one slot, any other pool stays unlimited."""
+def test_the_instance_limits_the_build_and_hub_pools_only(tmp_path):
+    """What `make` does to the instance (the pools.stamp target's commands, run as written): the build and the
+    hub pools get one slot each, any other pool stays unlimited."""
     shutil.copy(REPO / "dagster.yaml", tmp_path / "dagster.yaml")
+    makefile = (REPO / "Makefile").read_text()
+    commands = re.findall(r"dagster instance concurrency set (\S+) (\d+)", makefile)
+    assert sorted(commands) == [("hub_deploy", "1"), ("image_builds", "1")]
     dagster = str(Path(sys.executable).parent / "dagster")
     env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "DAGSTER_HOME": str(tmp_path)}
-    subprocess.run(
-        [dagster, "instance", "concurrency", "set", "image_builds", "1"], env=env, check=True, timeout=120
-    )
+    for pool, slots in commands:
+        subprocess.run(
+            [dagster, "instance", "concurrency", "set", pool, slots], env=env, check=True, timeout=120
+        )
     with dg.DagsterInstance.from_config(str(tmp_path)) as instance:
         assert instance.event_log_storage.get_concurrency_info("image_builds").slot_count == 1
+        assert instance.event_log_storage.get_concurrency_info("hub_deploy").slot_count == 1
         assert instance.get_concurrency_config().pool_config.default_pool_limit is None
-        assert instance.event_log_storage.get_concurrency_info("hub_deploys").slot_count == 0
+        assert instance.event_log_storage.get_concurrency_info("other").slot_count == 0
 
 
 def test_build_images_selects_the_image_assets_only(tmp_path):
