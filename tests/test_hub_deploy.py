@@ -365,6 +365,18 @@ def test_the_hub_deploy_job_materializes_and_no_secret_leaks(
     assert release["status"].value == "deployed" and release["revision"].value == 1
     assert 0 < release["duration_s"].value <= 110
     assert release["helm_s"].value > 0
+    # each object applied once: the volumes by their step, the rest by the release's
+    volumes = result.asset_materializations_for_node("hub__seaweedfs_volumes")[0].metadata
+    assert (
+        sorted(a.split()[0] for a in volumes["applied"].value)
+        == ["PersistentVolume"] * 3 + ["PersistentVolumeClaim"] * 3
+    )
+    assert [a.split()[0] for a in release["manifests_applied"].value] == [
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "Secret",
+    ]
+    assert len(release["manifests_applied_by_volumes"].value) == 6
     namespace = hub_env[hs.NAMESPACE_ENV]
     hub = requests.get(f"{sim.url}/apis/apps/v1/namespaces/{namespace}/deployments/hub", timeout=10).json()
     assert hub["status"]["availableReplicas"] == 1

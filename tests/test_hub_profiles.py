@@ -78,6 +78,12 @@ async def main(spec):
                 result = error(exc)
             result["seconds"] = time.monotonic() - started
             out["calls"].append(result)
+    elif spec["mode"] == "burst":  # N spawn-page loads at once, each its own KubeSpawner, one event loop
+        spawners = [KubeSpawner(_mock=True, config=c, user=user) for _ in range(spec["concurrent"])]
+        results = await asyncio.gather(*(s.profile_list(s) for s in spawners), return_exceptions=True)
+        out["calls"] = [
+            {"profiles": len(r)} if isinstance(r, list) else {"error": repr(r)} for r in results
+        ]
     elif spec["mode"] == "form":
         try:
             out["form"] = await spawner.get_options_form()
@@ -320,6 +326,20 @@ def _cordon(url: str, node: str, cordoned: bool) -> None:
         timeout=10,
     )
     assert response.status_code == 200, response.text
+
+
+def test_concurrent_cold_loads_share_one_node_list(hub: Hub, catalog, k8s_cluster) -> None:
+    """A burst of spawn-page loads with a cold node cache sends one node list, not one per load: counted
+    by the simulator, where a delay-only rule on the node list (no other effect) keeps the first list under
+    way while the others ask."""
+    rule = k8s_cluster.fault(r"^/api/v1/nodes$", verbs=("list",), count=None, delay_s=1.0)
+    try:
+        out = hub.run("burst", catalog.base_url, concurrent=20)
+        hits = next(r for r in k8s_cluster.control("GET", "faults") if r["id"] == rule["id"])["hits"]
+    finally:
+        k8s_cluster.control("DELETE", f"faults/{rule['id']}")
+    assert out["calls"] == [{"profiles": 3}] * 20, out["calls"]
+    assert hits == 1
 
 
 def test_gpu_choices_follow_the_live_cluster(hub: Hub, catalog, k8s_cluster) -> None:

@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import jsonschema
-import kubernetes_validate
 import pytest
 import requests
 import yaml
@@ -46,6 +45,7 @@ from thinkube_pipelines.hub.values import (
     values_schema,
 )
 from thinkube_pipelines.hub.volumes import claim_name
+from thinkube_pipelines.kubernetes import validation
 
 REPO = Path(__file__).resolve().parents[1]
 CHART = REPO / "tests" / "reference" / "z2jh" / "jupyterhub-4.4.0.tgz"
@@ -360,7 +360,7 @@ def test_every_object_validates_strictly(rendered_release, version):
     assert {"Deployment", "Service", "Secret", "Ingress", "DaemonSet", "ServiceAccount"} <= kinds
     for obj in [*objects, *rendered_release["release"].manifests]:
         name = f"{obj['kind']} {obj['metadata']['name']}"
-        assert kubernetes_validate.validate(obj, version, strict=True), name
+        assert validation.validate(obj, version, strict=True), name
 
 
 def test_no_secret_anywhere(rendered_release, helm_bin, tmp_path):

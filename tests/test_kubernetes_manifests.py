@@ -10,16 +10,19 @@ import re
 from pathlib import Path
 
 import jsonschema
-import kubernetes_validate
 import pytest
 import yaml
 
+from thinkube_pipelines.defs.hub.resources import OIDC_CLIENT_SECRET_ENV
 from thinkube_pipelines.defs.resources import (
     DEFAULT_THINKUBE_CONTROL_NAMESPACE,
     REGISTRATION_ENV,
     REGISTRATIONS,
     THINKUBE_CONTROL_NAMESPACE_ENV,
 )
+from thinkube_pipelines.hub.release import HEALTH_URL_ENV, HELM_ENV
+from thinkube_pipelines.hub.settings import HUB_CATALOG_URL_ENV, HubConfigError, HubSettings
+from thinkube_pipelines.kubernetes import validation
 from thinkube_pipelines.kubernetes.build_job import (
     BUILDKIT_CONTAINER,
     CONTEXT_CONTAINER,
@@ -197,20 +200,20 @@ def test_deploy_manifests_validate_strictly(version):
     kinds = {obj["kind"] for _, obj in objects}
     assert {"ServiceAccount", "Role", "RoleBinding", "Deployment", "Service"} <= kinds
     for name, obj in objects:
-        kubernetes_validate.validate(obj, version, strict=True), name
+        validation.validate(obj, version, strict=True), name
 
 
 @pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
 @pytest.mark.parametrize("name", list(rendered()))
 def test_rendered_jobs_validate_strictly(version, name):
-    kubernetes_validate.validate(rendered()[name], version, strict=True)
+    validation.validate(rendered()[name], version, strict=True)
 
 
 def test_an_invalid_manifest_is_refused():
     job = build_job_manifest(build_spec())
     pod_spec(job)["containers"][0]["resourcez"] = {}
-    with pytest.raises(kubernetes_validate.ValidationError):
-        kubernetes_validate.validate(job, KUBERNETES_VERSIONS[0], strict=True)
+    with pytest.raises(validation.ManifestError):
+        validation.validate(job, KUBERNETES_VERSIONS[0], strict=True)
 
 
 def test_build_job_never_requests_a_gpu_and_lands_on_gpu_nodes():
@@ -410,7 +413,6 @@ def chart_values_validator() -> jsonschema.Draft7Validator:
     chart's whole). And an object whose keys the schema names refuses any other key (a
     misspelt key would otherwise pass and be ignored by the chart's templates). The Kubernetes types the
     schema references on the web resolve to the definitions kubernetes-validate ships, for 1.30."""
-    import kubernetes_validate as kv
     from referencing import Registry, Resource
     from referencing.jsonschema import DRAFT7
 
@@ -433,11 +435,7 @@ def chart_values_validator() -> jsonschema.Draft7Validator:
                 adapt(item)
 
     adapt(schema)
-    definitions = json.loads(
-        (
-            Path(kv.__file__).parent / "kubernetes-json-schema" / "v1.30.0-local" / "_definitions.json"
-        ).read_text()
-    )["$defs"]
+    definitions = validation.definitions("1.30.0", strict=False)["$defs"]
     kubernetes = Resource.from_contents({"definitions": definitions, "$defs": definitions}, DRAFT7)
     return jsonschema.Draft7Validator(
         schema, registry=Registry().with_resource(KUBERNETES_DEFINITIONS, kubernetes)
@@ -496,7 +494,7 @@ def test_the_chart_schema_refuses_what_the_chart_would_not_take(path, value, com
 def test_run_pods_act_as_the_pipelines_account_with_the_code_locations_settings(version):
     values = dagster_values()
     job = run_worker_job(values)
-    kubernetes_validate.validate(job, version, strict=True)
+    validation.validate(job, version, strict=True)
     pod = pod_spec(job)
     assert pod["serviceAccountName"] == "thinkube-pipelines"
     assert job["metadata"]["namespace"] == "thinkube-pipelines"
@@ -534,6 +532,33 @@ def test_the_registration_settings_are_the_code_locations():
     readme = (DEPLOY.parent / "README.md").read_text()
     for name in env:
         assert f"`{name}`" in readme, f"{name} is not in the README's settings table"
+
+
+HUB_SECRET = "thinkube-hub-oidc-client"
+"""The Secret of dagster-values.yaml's envSecrets that holds the hub deploy's OAuth client secret."""
+
+
+def test_the_hub_deploys_settings_are_the_code_locations():
+    """Every setting the hub deploy requires is in the code location's env (which run pods share); its
+    OAuth client secret only through a Secret; the health asked in-cluster; helm the image's own."""
+    values = dagster_values()
+    deployment = code_location(values)
+    env = {e["name"]: e["value"] for e in deployment["env"]}
+    assert OIDC_CLIENT_SECRET_ENV not in env
+    assert HUB_SECRET in [s["name"] for s in deployment["envSecrets"]]
+    assert f"`{HUB_SECRET}` | `{OIDC_CLIENT_SECRET_ENV}` |" in (DEPLOY / "README.md").read_text()
+
+    settings = HubSettings.from_env(env)
+    # Each of those settings is needed: without it, the deploy would not start.
+    for name in ("THINKUBE_HUB_PUBLIC_URL", "THINKUBE_OIDC_ISSUER", "THINKUBE_SEAWEEDFS_FILER_URL"):
+        with pytest.raises(HubConfigError, match=name):
+            HubSettings.from_env({key: value for key, value in env.items() if key != name})
+    # The hub (in its own namespace) reaches the catalog service of catalog.yaml by its in-cluster name.
+    (catalog,) = [obj for _, obj in deploy_objects() if obj["kind"] == "Service"]
+    service = f"http://{catalog['metadata']['name']}.{catalog['metadata']['namespace']}.svc"
+    assert settings.hub_catalog_url == env[HUB_CATALOG_URL_ENV] == service
+    assert env[HEALTH_URL_ENV] == f"http://proxy-public.{settings.namespace}.svc/hub/health"
+    assert HELM_ENV not in env, "the image's helm, on PATH"
 
 
 PACKAGE = DEPLOY.parent / "thinkube_pipelines"

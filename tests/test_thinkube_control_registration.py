@@ -13,7 +13,6 @@ import re
 from datetime import UTC, datetime
 from pathlib import Path
 
-import kubernetes_validate
 import pytest
 
 from tests.thinkube_control import discovery, upstream
@@ -28,6 +27,7 @@ from thinkube_pipelines.defs.images.thinkube_control import (
     manifest_image,
 )
 from thinkube_pipelines.images import load_image_definitions
+from thinkube_pipelines.kubernetes import validation
 
 IMAGES_DIR = Path(__file__).resolve().parent.parent / "images"
 REGISTRY = "harbor.thinkube.example.org"
@@ -165,19 +165,19 @@ def test_one_configmap_per_image_labelled_for_discovery(images):
 @pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
 def test_configmaps_validate_strictly(images, version):
     for cm in configmaps(images):
-        assert kubernetes_validate.validate(cm, version, strict=True) == version.rsplit(".", 1)[0]
+        assert validation.validate(cm, version, strict=True) == version.rsplit(".", 1)[0]
 
 
 @pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
 def test_strict_validation_would_catch_a_wrong_configmap(images, version):
     cm = configmaps(images)[0]
     cm["data"]["manifest.json"] = {"not": "a string"}
-    with pytest.raises(kubernetes_validate.ValidationError):
-        kubernetes_validate.validate(cm, version, strict=True)
+    with pytest.raises(validation.ManifestError):
+        validation.validate(cm, version, strict=True)
     cm = configmaps(images)[0]
     cm["metadata"]["labelz"] = {}
-    with pytest.raises(kubernetes_validate.ValidationError):
-        kubernetes_validate.validate(cm, version, strict=True)
+    with pytest.raises(validation.ManifestError):
+        validation.validate(cm, version, strict=True)
 
 
 def test_manifest_json_is_deterministic(images):

@@ -40,6 +40,7 @@ import math
 import os
 import re
 import time
+import weakref
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -344,19 +345,45 @@ def _as_dict(node: Any) -> dict[str, Any]:
 
 
 _nodes_cache: dict[tuple[str, str], tuple[float, GpuFacts]] = {}
+_nodes_pending: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple[str, str], asyncio.Task]] = (
+    weakref.WeakKeyDictionary()
+)
+"""The node list under way, per event loop and cache key: loads that find the cache cold while it is
+under way wait for it (single flight) instead of sending their own."""
 
 
 async def cluster_gpus(settings: Settings, api: Any) -> GpuFacts:
     """The live cluster's GPU facts, reused for `nodes_cache_s` seconds.
 
     `api` is a kubernetes_asyncio CoreV1Api: the hub's own (KubeSpawner's shared client, from its
-    service account in the cluster, or a kubeconfig). ClusterUnavailable when the nodes cannot be read
-    (no RBAC to list nodes, the API server down or slow): no guessed choices."""
+    service account in the cluster, or a kubeconfig). Concurrent loads with a cold cache share one node
+    list (per event loop): a burst of spawn-page loads sends one request, not one each. ClusterUnavailable
+    when the nodes cannot be read (no RBAC to list nodes, the API server down or slow): no guessed
+    choices."""
     key = (settings.gpu_resource, settings.gpu_product_label)
-    now = time.monotonic()
     cached = _nodes_cache.get(key)
-    if cached and now - cached[0] < settings.nodes_cache_s:
+    if cached and time.monotonic() - cached[0] < settings.nodes_cache_s:
         return cached[1]
+    loop = asyncio.get_running_loop()
+    pending = _nodes_pending.setdefault(loop, {})
+    task = pending.get(key)
+    if task is None:
+        task = loop.create_task(_list_gpus(settings, api, key))
+        pending[key] = task
+
+        def done(finished: asyncio.Task) -> None:
+            if pending.get(key) is finished:
+                del pending[key]
+            if not finished.cancelled():
+                finished.exception()  # retrieved here too: every waiter may have gone away
+
+        task.add_done_callback(done)
+    # shield: a waiter that goes away (the user left the page) does not cancel the others' list
+    return await asyncio.shield(task)
+
+
+async def _list_gpus(settings: Settings, api: Any, key: tuple[str, str]) -> GpuFacts:
+    started = time.monotonic()
     try:
         nodes = await asyncio.wait_for(api.list_node(_request_timeout=NODES_TIMEOUT_S), NODES_TIMEOUT_S + 1)
     except Exception as error:  # ApiException, aiohttp's errors, a timeout
@@ -365,7 +392,7 @@ async def cluster_gpus(settings: Settings, api: Any) -> GpuFacts:
             f"The GPU choices need the cluster's nodes, and the Kubernetes API did not list them: {reason}."
         ) from None
     facts = gpu_facts(list(nodes.items or []), settings.gpu_resource, settings.gpu_product_label)
-    _nodes_cache[key] = (now, facts)
+    _nodes_cache[key] = (started, facts)
     return facts
 
 

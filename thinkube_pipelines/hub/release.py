@@ -31,7 +31,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import requests
-import yaml
+
+from thinkube_pipelines.hub.render import to_yaml
 
 if TYPE_CHECKING:
     from thinkube_pipelines.hub.settings import HubSettings
@@ -115,6 +116,17 @@ def _seconds(value: float) -> str:
     return f"{max(1, int(value))}s"
 
 
+def write_values_file(values: Mapping[str, Any], private: Path) -> Path:
+    """`values` as YAML (libyaml's dumper where PyYAML has it) in `private/values.yaml`: the folder made
+    0700, the file created 0600 (never there before). The path, for helm's `--values`."""
+    os.chmod(private, 0o700)
+    path = private / "values.yaml"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(to_yaml(json.loads(json.dumps(values))))  # plain JSON data (recorded metadata)
+    return path
+
+
 def deploy_release(
     settings: HubSettings,
     values: Mapping[str, Any],
@@ -145,11 +157,7 @@ def deploy_release(
     environment = dict(os.environ if env is None else env)
 
     with tempfile.TemporaryDirectory(prefix="thinkube-hub-") as private:
-        os.chmod(private, 0o700)
-        values_file = Path(private) / "values.yaml"
-        fd = os.open(values_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as handle:
-            yaml.safe_dump(json.loads(json.dumps(values)), handle, sort_keys=False)
+        values_file = write_values_file(values, Path(private))
         command = [
             binary,
             "upgrade",

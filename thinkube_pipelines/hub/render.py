@@ -20,13 +20,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import kubernetes_validate
 import yaml
 
 from thinkube_pipelines.catalog.contract import CatalogItem
 from thinkube_pipelines.hub.settings import HubSettings
 from thinkube_pipelines.hub.values import HubValuesError, chart_values
 from thinkube_pipelines.hub.volumes import LABELS, volume_manifests
+from thinkube_pipelines.kubernetes import validation
 
 KUBERNETES_VERSIONS = ("1.30.0", "1.37.0")
 """The oldest and newest Kubernetes minor the manifests are checked against (the versions
@@ -35,6 +35,15 @@ HUB_SERVICE_ACCOUNT = "hub"
 """The ServiceAccount the chart creates for the hub (hub.serviceAccount.name unset, fullnameOverride "")."""
 VALUES_FILE = "values.yaml"
 MANIFESTS_FILE = "manifests.yaml"
+VOLUME_KINDS = frozenset({("v1", "PersistentVolume"), ("v1", "PersistentVolumeClaim")})
+"""What the hub/seaweedfs_volumes step applies (`volume_manifests`); the release step applies the rest."""
+YAML_DUMPER = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+"""libyaml's safe dumper where PyYAML has it (several times faster than the pure-Python one)."""
+
+
+def to_yaml(data: Any) -> str:
+    """`data` (plain JSON-like values) as a YAML document, keys in their order."""
+    return yaml.dump(data, Dumper=YAML_DUMPER, sort_keys=False, width=1000)
 
 
 def node_reader_name(settings: HubSettings) -> str:
@@ -50,10 +59,16 @@ class RenderedRelease:
     manifests: list[dict[str, Any]]
 
     def values_yaml(self) -> str:
-        return yaml.safe_dump(self.values, sort_keys=False, width=1000)
+        return to_yaml(self.values)
 
     def manifests_yaml(self) -> str:
-        return yaml.safe_dump_all(self.manifests, sort_keys=False, width=1000)
+        return yaml.dump_all(self.manifests, Dumper=YAML_DUMPER, sort_keys=False, width=1000)
+
+
+def release_manifests(manifests: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """The manifests the release step applies: all but the volumes, which the hub/seaweedfs_volumes step
+    applied before the values were rendered (each object is applied once per deploy)."""
+    return [m for m in manifests if (m.get("apiVersion"), m.get("kind")) not in VOLUME_KINDS]
 
 
 def node_reader_manifests(settings: HubSettings) -> list[dict[str, Any]]:
@@ -79,17 +94,18 @@ def node_reader_manifests(settings: HubSettings) -> list[dict[str, Any]]:
 
 
 def validate_manifests(manifests: Sequence[Mapping[str, Any]]) -> None:
-    """Every manifest passes kubernetes-validate --strict for each of KUBERNETES_VERSIONS; HubValuesError
-    names the object and the version otherwise."""
+    """Every manifest passes kubernetes-validate --strict for each of KUBERNETES_VERSIONS (its schemas,
+    each loaded once per process: thinkube_pipelines/kubernetes/validation.py); HubValuesError names each
+    object, version and field path otherwise."""
     problems = []
     for manifest in manifests:
-        what = f"{manifest.get('kind')} {manifest.get('metadata', {}).get('name')}"
         for version in KUBERNETES_VERSIONS:
             try:
-                kubernetes_validate.validate(dict(manifest), version, strict=True)
-            except kubernetes_validate.ValidationError as exc:
-                path = ".".join(str(p) for p in exc.path) or "(object)"
-                problems.append(f"{what} (Kubernetes {version}) at {path}: {exc.message}")
+                validation.validate(manifest, version, strict=True)
+            except validation.ManifestError as exc:
+                problems.append(str(exc))
+            except validation.SchemaNotFoundError as exc:
+                problems.append(exc.message)
     if problems:
         raise HubValuesError("invalid manifests: " + "; ".join(problems))
 

@@ -4,7 +4,9 @@ deployed hub offers; a changed catalog entry makes the hub stale).
 
 Each asset records what it did as materialization metadata; the release reads the values and manifests
 that `hub/jupyterhub_values` recorded (the record, not a file on one machine's disk), so the release deploys
-exactly what was rendered and reviewed. A failed preflight fails its step, and Dagster runs none of the
+exactly what was rendered and reviewed. Each object is applied once per deploy: the volumes by
+`hub/seaweedfs_volumes`, the rest of the recorded manifests (the hub's node reader) and the OAuth Secret by
+`hub/jupyterhub_release`. A failed preflight fails its step, and Dagster runs none of the
 assets downstream of it: nothing is applied. No secret is a setting, a value or a metadata entry: the
 OAuth client secret goes from the environment into a Kubernetes Secret, and nowhere else.
 """
@@ -153,7 +155,8 @@ def hub_assets(images: ImageSet) -> list[dg.AssetsDefinition]:
     @dg.asset(key=RELEASE, deps=[VALUES], **COMMON, description=release_doc)
     def jupyterhub_release(context: dg.AssetExecutionContext, hub: HubDeployment) -> dg.MaterializeResult:
         from thinkube_pipelines.hub.release import deploy_release
-        from thinkube_pipelines.kubernetes.apply import apply_manifests
+        from thinkube_pipelines.hub.render import release_manifests
+        from thinkube_pipelines.kubernetes.apply import apply_manifests, describe
 
         event = context.instance.get_latest_materialization_event(VALUES)
         recorded = event.asset_materialization.metadata if event and event.asset_materialization else {}
@@ -161,10 +164,11 @@ def hub_assets(images: ImageSet) -> list[dg.AssetsDefinition]:
             raise dg.Failure(f"no recorded values: materialize {VALUES.to_user_string()} first")
         values, manifests = recorded["values"].value, recorded["manifests"].value
         settings = hub.settings
+        own = release_manifests(manifests)  # the volumes: applied by hub/seaweedfs_volumes, not again
         api, cluster = _api(hub)
         with api:
             applied = apply_manifests(
-                api, [*manifests, oidc_secret_manifest(hub)], cluster=cluster, timeout_s=hub.cluster.timeout_s
+                api, [*own, oidc_secret_manifest(hub)], cluster=cluster, timeout_s=hub.cluster.timeout_s
             )
         log = _Log(context)
         for item in applied:
@@ -185,6 +189,7 @@ def hub_assets(images: ImageSet) -> list[dg.AssetsDefinition]:
                 "values_sha256": _sha256(values),
                 "cluster": cluster,
                 **{f"manifests_{k}": v for k, v in _applied_metadata(applied).items()},
+                "manifests_applied_by_volumes": [describe(m) for m in manifests if m not in own],
             }
         )
 
@@ -205,6 +210,8 @@ values_doc = (
     "images and validated (chart schema, kubernetes-validate --strict); recorded as metadata."
 )
 release_doc = (
+    "The recorded manifests other than the volumes (hub/seaweedfs_volumes applied those) and the OAuth "
+    "Secret, server-side applied; then "
     "`helm upgrade --install --wait --rollback-on-failure` of the recorded values, then the hub's health "
     "endpoint; the duration is recorded and the step fails past its budget (THINKUBE_HUB_BUDGET_S)."
 )
