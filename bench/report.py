@@ -710,11 +710,13 @@ before `helm upgrade` runs, in their order and with their library calls: `prefli
 discovery, the CSIDriver, the filer, the catalog, the registry, then the namespace), the SeaweedFS volumes
 applied server-side, the values rendered (the catalog's images and the realm's discovery read again,
 `render_release`: typed models, the chart's schema, kubernetes-validate --strict of the manifests for
-Kubernetes 1.30 and 1.37), then the release's manifests and the OAuth Secret applied and the values
-written to a private file for helm, each step with its own API client from the kubeconfig. Not in it:
-helm's upgrade and wait, the health wait, Dagster's own time (its processes, its event log). A first
-deploy goes to a fresh namespace (the preflight creates it, 9 of the 15 applies create an object); a
-redeploy repeats the same settings at once (all 15 unchanged), as a deploy after a catalog change does.
+Kubernetes 1.30 and 1.37), then the release's own manifests (all but the volumes, which the volumes step
+applied) and the OAuth Secret applied and the values written to a private file for helm, each step with
+its own API client from the kubeconfig; the schema caches are emptied before each deploy (each Dagster
+step is a process of its own and loads the schemas it uses). Not in it: helm's upgrade and wait, the
+health wait, Dagster's own time (its processes, its event log). A first deploy goes to a fresh namespace
+(the preflight creates it, each of the 9 applies creates an object); a redeploy repeats the same settings
+at once (all 9 unchanged), as a deploy after a catalog change does.
 
 Baseline: `helm template jupyterhub` of the reference chart (tests/reference/z2jh/jupyterhub-4.4.0.tgz,
 {helm}) with the values the first deploy rendered ({values_kib:.0f} KiB of YAML, written beforehand),
@@ -740,11 +742,11 @@ KubeSpawners), interleaved, {bursts} of each after one warm-up burst of each. No
 
 
 def _yaml_note() -> str:
-    import yaml
+    from thinkube_pipelines.hub.render import YAML_DUMPER
 
-    if yaml.__with_libyaml__:
-        return "this PyYAML has libyaml's `CSafeDumper`, which it does not use"
-    return "this PyYAML has no libyaml"
+    if YAML_DUMPER.__name__ == "CSafeDumper":
+        return "written with libyaml's `CSafeDumper`"
+    return "this PyYAML has no libyaml: written with the pure-Python `SafeDumper`"
 
 
 def _kv_version() -> str:
@@ -826,8 +828,6 @@ def _hub_section(h) -> list[str]:
     validate = h.phase_median("first", "render: kubernetes-validate")
     parses = h.definitions_parse_s
     versions = sorted(parses)
-    per_render = 8 * sum(parses.values())
-    saved = per_render * 7 / 8
     lines += [
         "",
         f"In sum (first deploy, medians): preflight {_hub_ms(preflight_first)}, render "
@@ -835,21 +835,22 @@ def _hub_section(h) -> list[str]:
         f"{_hub_ms(apply_first)}, the rest "
         f"(clients, values file) {_hub_ms(total_first - preflight_first - render_first - apply_first)}.",
         "",
-        "Where kubernetes-validate's time goes: `kubernetes_validate.validate` (kubernetes-validate "
-        f"{_kv_version()}) reads and parses the whole `_definitions.json` of the schema version on every "
-        f"call, and render.py calls it {2 * 8} times (8 manifests x {len(versions)} versions): "
+        "kubernetes-validate's schemas: `kubernetes_validate.validate` (kubernetes-validate "
+        f"{_kv_version()}) reads and parses the whole `_definitions.json` of the schema version and builds a "
+        "new validator on every call (16 calls per render: 8 manifests x 2 versions); "
+        "thinkube_pipelines/kubernetes/validation.py validates with the same schema files and the same "
+        "strict semantics (tests/test_kubernetes_validation.py checks that both agree), parsing each "
+        "version's definitions once per process and building each kind's validator once. So a deploy, "
+        "its caches emptied as a new process's are, parses them "
+        f"{len(versions)} times: "
         + ", ".join(
             f"{h.definitions_bytes[v] / 1e6:.1f} MB for {v} ({_hub_ms(parses[v])} a parse, measured here)"
             for v in versions
         )
-        + f", so about {_hub_ms(per_render)} of parsing per render by that measure, most of the "
-        f"{_hub_ms(validate)} the step took. Parsed once per version and kept (2 parses instead of 16), "
-        f"about {_hub_ms(saved)} less: the first deploy's median would be about "
-        f"{_hub_ms(total_first - saved)}, "
-        f"{ratio(total_first - saved, template.median):.2f}x the baseline (an estimate from the parse times "
-        "above, not a measurement). The next largest parts are the applies (a GET and a PATCH per object, 30 "
-        "requests to the API server in all) and the values file (release.py's `yaml.safe_dump`: PyYAML's "
-        f"pure-Python dumper; {_yaml_note()}).",
+        + f", about {_hub_ms(sum(parses.values()))} of the {_hub_ms(validate)} the step took. Each object "
+        "is applied once per deploy (the volumes by the volumes step, the node reader and the OAuth Secret "
+        "by the release step: a GET and a PATCH each, 18 requests to the API server in all), and the "
+        f"values file is {_yaml_note()}.",
         "",
     ]
     lines += _hub_spawn_lines(h)
@@ -953,10 +954,10 @@ def _hub_spawn_lines(h) -> list[str]:
         "",
         "The hub-process CPU is the driver process's user+system time over the burst (the callable, aiohttp, "
         "kubernetes_asyncio and the event loop; the catalog's and the API server's own processes not "
-        f"included), over its {h.concurrency} calls. The node cache is filled only when a node list returns, "
-        "and each load reads it after its catalog answer: every load that gets there before the first list "
-        f"has returned sends a list of its own ({min(cold)}-{max(cold)} of the {h.concurrency} cold loads "
-        "here); there is no sharing of a list under way.",
+        f"included), over its {h.concurrency} calls. Loads that find the node cache cold while a node list "
+        "is under way wait for that list (single flight, per event loop) instead of sending their own: "
+        + (f"{min(cold)}" if min(cold) == max(cold) else f"{min(cold)}-{max(cold)}")
+        + f" node list(s) per burst of {h.concurrency} cold loads here.",
         "",
     ]
     return lines
