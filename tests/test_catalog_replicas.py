@@ -120,7 +120,7 @@ def test_200_readers_on_two_replicas_see_consistent_catalogs_and_no_write_is_los
             pool.submit(_reader, replicas, stop, observed, index)
         try:
             deadline = time.monotonic() + READ_SECONDS
-            while time.monotonic() < deadline:
+            while time.monotonic() < deadline or writes < MIN_WRITES:
                 name = names[writes % IMAGES]
                 description = f"write {writes}"
                 default = writes % 7 == 0
