@@ -27,7 +27,6 @@ from __future__ import annotations
 import functools
 import json
 import re
-from collections.abc import Iterable
 from typing import Any
 
 import importlib_resources
@@ -37,6 +36,7 @@ from referencing import Resource as SchemaResource
 
 from tests.k8s_sim import errors, quantity
 from tests.k8s_sim.resources import KUBERNETES_VERSION, Resource
+from thinkube_pipelines.kubernetes.validation import field_path  # the API's notation, as kubectl prints it
 
 DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 DNS1123_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
@@ -51,17 +51,6 @@ _LABEL_MESSAGE = (
     "'[a-z0-9]([-a-z0-9]*[a-z0-9])?')"
 )
 FIELD_VALIDATION = ("Strict", "Warn", "Ignore")
-
-
-def field_path(path: Iterable[Any]) -> str:
-    """The real API's field path notation: spec.containers[0].image."""
-    text = ""
-    for part in path:
-        if isinstance(part, int):
-            text += f"[{part}]"
-        else:
-            text += ("." if text else "") + str(part)
-    return text
 
 
 def _schema_dir() -> str:
