@@ -9,6 +9,8 @@ HTTP server of the test standing in for the proxy's `/hub/health` (THINKUBE_HUB_
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import threading
 import uuid
 from collections.abc import Iterator
@@ -19,6 +21,7 @@ from typing import Any
 import dagster as dg
 import pytest
 import requests
+import yaml
 
 from tests.fixtures.catalog import sample_image
 from tests.fixtures.kubernetes import RunningSimulator, simulator_or_fail
@@ -28,6 +31,7 @@ from thinkube_pipelines.defs.hub.assets import RELEASE, VALUES, hub_assets
 from thinkube_pipelines.defs.hub.resources import OIDC_CLIENT_SECRET_ENV, HubDeployment
 from thinkube_pipelines.hub import settings as hs
 from thinkube_pipelines.hub.preflight import PreflightError, preflight
+from thinkube_pipelines.hub.prepuller import NAME as PULLER
 from thinkube_pipelines.hub.release import HELM_ENV, ReleaseError, deploy_release
 from thinkube_pipelines.hub.render import render_release
 from thinkube_pipelines.hub.settings import HubSettings
@@ -357,7 +361,18 @@ def test_the_hub_deploy_job_materializes_and_no_secret_leaks(
     original = render.chart_values if hasattr(render, "chart_values") else None
     if original is not None:  # the simulator's tainted nodes: the core pods tolerate the GPU taint
         monkeypatch.setattr(render, "chart_values", lambda *a, **k: _with_tolerations(original(*a, **k)))
-    result = run_hub_deploy(health_url=health.url)
+    namespace = hub_env[hs.NAMESPACE_ENV]
+    # the pre-puller's pods never get every image here (a 10+ GB pull that outlasts the deploy): were it in
+    # helm's --wait, the release would time out and be rolled back
+    sim.script(
+        [{"containers": {"pause": {"ready": False}}}],
+        namespace=namespace,
+        selector=f"app.kubernetes.io/name={PULLER}",
+    )
+    try:
+        result = run_hub_deploy(health_url=health.url)
+    finally:
+        sim.reset()
     assert result.success
     events = {e.asset_key: e for e in result.get_asset_materialization_events()}
     assert set(events) >= {VALUES, RELEASE}
@@ -374,12 +389,41 @@ def test_the_hub_deploy_job_materializes_and_no_secret_leaks(
     assert [a.split()[0] for a in release["manifests_applied"].value] == [
         "ClusterRole",
         "ClusterRoleBinding",
+        "DaemonSet",
         "Secret",
     ]
     assert len(release["manifests_applied_by_volumes"].value) == 6
-    namespace = hub_env[hs.NAMESPACE_ENV]
     hub = requests.get(f"{sim.url}/apis/apps/v1/namespaces/{namespace}/deployments/hub", timeout=10).json()
     assert hub["status"]["availableReplicas"] == 1
+    # the pre-puller: applied beside the release, reported, not waited for (no node had every image yet)
+    assert release["image_puller"].value == {
+        "name": PULLER, "desired": 3, "scheduled": 3, "ready": 0, "updated": 3
+    }  # fmt: skip
+    puller = requests.get(
+        f"{sim.url}/apis/apps/v1/namespaces/{namespace}/daemonsets/{PULLER}", timeout=10
+    ).json()
+    assert any(e["manager"] == "thinkube-pipelines" for e in puller["metadata"]["managedFields"])
+    pulls = puller["spec"]["template"]["spec"]["initContainers"]
+    offered = result.asset_materializations_for_node("hub__jupyterhub_values")[0].metadata["images"].value
+    assert sorted(c["image"].rpartition("/")[2] for c in pulls) == sorted(offered)  # name@digest each
+    pods = requests.get(
+        f"{sim.url}/api/v1/namespaces/{namespace}/pods",
+        params={"labelSelector": f"app.kubernetes.io/name={PULLER}"},
+        timeout=10,
+    ).json()["items"]
+    # every GPU node, none on the (tainted) control plane
+    assert sorted(p["spec"]["nodeName"] for p in pods) == ["gpu-node-1", "gpu-node-2", "gpu-node-3"]
+    # helm's release holds no DaemonSet: its --wait covered the chart's objects only
+    manifest = subprocess.run(
+        [hub_env[HELM_ENV], "get", "manifest", "jupyterhub", "-n", namespace],
+        env={**os.environ},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
+    kinds = {o["kind"] for o in yaml.safe_load_all(manifest) if o}
+    assert "Deployment" in kinds and "DaemonSet" not in kinds
     secret = requests.get(f"{sim.url}/api/v1/namespaces/{namespace}/secrets/jupyterhub-oidc", timeout=10)
     assert secret.status_code == 200
     # no secret anywhere: metadata, the event log, the captured output, the rendered values

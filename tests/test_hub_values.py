@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import subprocess
 import tarfile
 from pathlib import Path
@@ -27,10 +28,12 @@ from thinkube_pipelines.catalog.contract import CatalogItem, ImageUpsert
 from thinkube_pipelines.cli import main
 from thinkube_pipelines.hub import profiles
 from thinkube_pipelines.hub import settings as hub_settings
+from thinkube_pipelines.hub.prepuller import container_name
 from thinkube_pipelines.hub.render import (
     KUBERNETES_VERSIONS,
     MANIFESTS_FILE,
     VALUES_FILE,
+    release_manifests,
     render_release,
     write_release,
 )
@@ -223,34 +226,100 @@ def test_profile_callable_installed_in_the_hub(rendered_release):
     assert not values.get("singleuser", {}).get("profileList")
 
 
-def test_images_by_digest_in_the_pre_puller(rendered_release):
+def _puller(manifests: list[dict[str, Any]]) -> dict[str, Any]:
+    [puller] = [m for m in manifests if m["kind"] == "DaemonSet"]
+    return puller
+
+
+def test_the_charts_image_pullers_are_off(rendered_release):
+    """helm 4's --wait waits for a release's DaemonSets to be ready, i.e. until every node has pulled every
+    image (10+ GB for a GPU image): the chart renders no image puller, hook or continuous."""
     values = rendered_release["release"].values
+    assert values["prePuller"] == {"hook": {"enabled": False}, "continuous": {"enabled": False}}
     objects = rendered_release["objects"]
-    expected = {
-        f"harbor.example.org/library/jupyter-ml-gpu@{GPU_DIGEST}",
-        f"harbor.example.org/library/jupyter-ml-cpu@{CPU_DIGEST}",
-    }
-    assert set(values["prePuller"]["extraImages"]) == {"jupyter-ml-gpu", "jupyter-ml-cpu"}
-    puller = _find(objects, "DaemonSet", "continuous-image-puller")
-    spec = puller["spec"]["template"]["spec"]
-    pulled = {c["image"] for c in spec["initContainers"] if c["name"].startswith("image-pull-jupyter-")}
-    assert pulled == expected
-    # the default image (the catalog's default) by digest too; nothing pulls a tag
-    singleuser = {c["image"] for c in spec["initContainers"] if c["name"] == "image-pull-singleuser"}
-    assert singleuser == {f"harbor.example.org/library/jupyter-ml-gpu@{GPU_DIGEST}"}
-    # the puller reaches the GPU nodes; there is no pre-upgrade hook holding helm until every pull ends
+    assert not [o for o in objects if o["kind"] in {"DaemonSet", "Job"}]
+    assert not [o for o in objects if "image-puller" in o["metadata"]["name"]]
+    assert not [o for o in objects if "helm.sh/hook" in (o["metadata"].get("annotations") or {})]
+
+
+def test_our_pre_puller_pulls_every_catalog_image_by_digest_on_every_node(rendered_release):
+    settings = rendered_release["settings"]
+    puller = _puller(rendered_release["release"].manifests)
+    assert puller["apiVersion"] == "apps/v1"
+    assert puller["metadata"]["namespace"] == settings.namespace
+    assert puller["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "thinkube-pipelines"
+    template = puller["spec"]["template"]
+    assert puller["spec"]["selector"]["matchLabels"].items() <= template["metadata"]["labels"].items()
+    spec = template["spec"]
+    # one init container per catalog image, by digest, doing what the chart's puller does: only end
+    assert [(c["name"], c["image"], c["command"]) for c in spec["initContainers"]] == [
+        (
+            "pull-jupyter-ml-gpu",
+            f"harbor.example.org/library/jupyter-ml-gpu@{GPU_DIGEST}",
+            ["/bin/sh", "-c", "echo pulled jupyter-ml-gpu"],
+        ),
+        (
+            "pull-jupyter-ml-cpu",
+            f"harbor.example.org/library/jupyter-ml-cpu@{CPU_DIGEST}",
+            ["/bin/sh", "-c", "echo pulled jupyter-ml-cpu"],
+        ),
+    ]
+    # then the chart's own pause image
+    pause = chart_defaults()["prePuller"]["pause"]["image"]
+    [main_container] = spec["containers"]
+    assert main_container["image"] == f"{pause['name']}:{pause['tag']}" == "registry.k8s.io/pause:3.10.1"
+    for container in [*spec["initContainers"], main_container]:
+        context = container["securityContext"]
+        assert context["runAsNonRoot"] is True and context["allowPrivilegeEscalation"] is False
+        assert context["capabilities"] == {"drop": ["ALL"]}
+        assert "privileged" not in context
+        assert container["resources"]["requests"] and container["resources"]["limits"]["memory"]
+    # every worker node, GPU or not: the GPU taint tolerated, no node selector, no affinity
     assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in spec["tolerations"]
-    assert not [o for o in objects if o["metadata"]["name"].startswith("hook-")]
+    assert "nodeSelector" not in spec and "affinity" not in spec
+    assert spec["automountServiceAccountToken"] is False
+    # a new digest is pulled node by node
+    assert puller["spec"]["updateStrategy"] == {
+        "type": "RollingUpdate",
+        "rollingUpdate": {"maxUnavailable": 1},
+    }
+    # applied by the release step (not the volumes' step), beside the release
+    assert puller in release_manifests(rendered_release["release"].manifests)
+
+
+def test_the_pre_puller_follows_the_gpu_toleration_key(monkeypatch):
+    settings = env_settings(monkeypatch, **{hub_settings.GPU_TOLERATION_KEY_ENV: "example.com/accelerator"})
+    spec = _puller(render_release(settings, catalog_items()).manifests)["spec"]["template"]["spec"]
+    assert {"key": "example.com/accelerator", "operator": "Exists", "effect": "NoSchedule"} in spec[
+        "tolerations"
+    ]
+
+
+def test_pre_puller_container_names_are_dns_labels():
+    assert container_name("jupyter-ml-gpu") == "pull-jupyter-ml-gpu"
+    odd = [container_name(n) for n in ("jupyter.ml", "jupyter_ml", "jupyter__ml", "x" * 128)]
+    assert len(set(odd)) == len(odd)
+    for name in odd:
+        assert len(name) <= 63 and re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", name), name
+
+
+@pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
+def test_the_pre_puller_validates_strictly_with_many_images(monkeypatch, version):
+    images = [
+        CatalogItem.model_validate(sample_image(name))
+        for name in ("jupyter.a", "jupyter_b", "j" * 120, *(f"jupyter-{i}" for i in range(20)))
+    ]
+    puller = _puller(render_release(env_settings(monkeypatch), images).manifests)
+    assert len(puller["spec"]["template"]["spec"]["initContainers"]) == len(images)
+    assert validation.validate(puller, version, strict=True)
 
 
 def test_image_without_digest_is_pulled_by_its_tag(monkeypatch):
     """As the profile pulls it (the catalog contract: a tag or a digest, never neither)."""
     untagged = sample_image("jupyter-tagged", metadata={"digest": None})
     release = render_release(env_settings(monkeypatch), [CatalogItem.model_validate(untagged)])
-    assert release.values["prePuller"]["extraImages"]["jupyter-tagged"] == {
-        "name": "harbor.example.org/library/jupyter-tagged",
-        "tag": "2026.11.25-3f2a9c1",
-    }
+    [pull] = _puller(release.manifests)["spec"]["template"]["spec"]["initContainers"]
+    assert pull["image"] == "harbor.example.org/library/jupyter-tagged:2026.11.25-3f2a9c1"
 
 
 def test_user_storage_per_user_notebooks_shared_data_no_host_path(rendered_release):
@@ -357,7 +426,8 @@ def test_every_object_validates_strictly(rendered_release, version):
     newest supported Kubernetes minor."""
     objects = rendered_release["objects"]
     kinds = {o["kind"] for o in objects}
-    assert {"Deployment", "Service", "Secret", "Ingress", "DaemonSet", "ServiceAccount"} <= kinds
+    assert {"Deployment", "Service", "Secret", "Ingress", "ServiceAccount"} <= kinds
+    assert "DaemonSet" in {m["kind"] for m in rendered_release["release"].manifests}
     for obj in [*objects, *rendered_release["release"].manifests]:
         name = f"{obj['kind']} {obj['metadata']['name']}"
         assert validation.validate(obj, version, strict=True), name
@@ -480,12 +550,14 @@ def test_hub_render_against_a_real_catalog(catalog_server, monkeypatch, tmp_path
     assert main(["hub", "render", "--out", str(out)]) == 0
     assert sorted(p.name for p in out.iterdir()) == [MANIFESTS_FILE, VALUES_FILE]
     values = yaml.safe_load((out / VALUES_FILE).read_text())
-    images = values["prePuller"]["extraImages"]
-    assert {f"{i['name']}:{i['tag']}" for i in images.values()} == {
+    assert values["prePuller"]["continuous"] == {"enabled": False}
+    manifests = list(yaml.safe_load_all((out / MANIFESTS_FILE).read_text()))
+    pulls = _puller(manifests)["spec"]["template"]["spec"]["initContainers"]
+    assert {c["image"] for c in pulls} == {
         f"harbor.example.org/library/jupyter-ml-gpu@{GPU_DIGEST}",
         f"harbor.example.org/library/jupyter-ml-cpu@{CPU_DIGEST}",
     }
-    kinds = [m["kind"] for m in yaml.safe_load_all((out / MANIFESTS_FILE).read_text())]
+    kinds = [m["kind"] for m in manifests]
     assert kinds.count("PersistentVolume") == kinds.count("PersistentVolumeClaim") == 3
     assert "ClusterRoleBinding" in kinds
     assert "2 image(s)" in capsys.readouterr().out

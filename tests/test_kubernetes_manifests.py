@@ -812,7 +812,13 @@ def test_the_hub_deploy_rights_cover_the_chart_with_our_values_and_nothing_escal
     # the chart's Roles: their rules are held in the namespace (no escalate/bind anywhere)
     for role in (o for o in chart if o["kind"] == "Role"):
         assert _holds(namespaced, _rights(role["rules"])) == [], role["metadata"]["name"]
-    # the manifests applied beside the chart, and the OAuth client Secret
+    # the chart's image pullers are off (helm's --wait would wait for every node's pulls)
+    assert "DaemonSet" not in {k for _, k in kinds}
+    # the manifests applied beside the chart (our image pre-puller among them, in the hub namespace), and
+    # the OAuth client Secret
+    [puller] = [m for m in rendered.manifests if m["kind"] == "DaemonSet"]
+    assert puller["metadata"]["namespace"] == HUB_NAMESPACE
+    assert _holds(namespaced, {("apps", "daemonsets"): WRITE}) == []
     for manifest in [*rendered.manifests, {"apiVersion": "v1", "kind": "Secret", "metadata": {}}]:
         kind = APPLIED_KINDS[(manifest["apiVersion"], manifest["kind"])]
         granted = namespaced if kind.namespaced else cluster

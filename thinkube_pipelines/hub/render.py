@@ -8,7 +8,9 @@ The manifests are the SeaweedFS volumes (`volumes.volume_manifests`) and the hub
 the chart's own RBAC is namespaced, while the profile callable reads the nodes' GPU products and counts,
 which are cluster-scoped. The ClusterRole lets the chart's hub ServiceAccount (`hub`, in the release's
 namespace: the name the chart gives it with a blank `fullnameOverride`) get, list and watch nodes, nothing
-else.
+else. Last, the image pre-puller (`prepuller.prepuller_manifest`): a DaemonSet pulling every catalog image
+by digest on every node, applied beside the release rather than in it, so that helm's `--wait` never waits
+for the pulls (the images keep pulling after the deploy returns).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from typing import Any
 import yaml
 
 from thinkube_pipelines.catalog.contract import CatalogItem
+from thinkube_pipelines.hub.prepuller import prepuller_manifest
 from thinkube_pipelines.hub.settings import HubSettings
 from thinkube_pipelines.hub.values import HubValuesError, chart_values
 from thinkube_pipelines.hub.volumes import LABELS, volume_manifests
@@ -67,7 +70,8 @@ class RenderedRelease:
 
 def release_manifests(manifests: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
     """The manifests the release step applies: all but the volumes, which the hub/seaweedfs_volumes step
-    applied before the values were rendered (each object is applied once per deploy)."""
+    applied before the values were rendered (each object is applied once per deploy). The image pre-puller
+    is among them: applied, never waited for."""
     return [m for m in manifests if (m.get("apiVersion"), m.get("kind")) not in VOLUME_KINDS]
 
 
@@ -116,7 +120,11 @@ def render_release(
     """The validated release for the catalog's current `images`; `discovery` is the realm's OIDC discovery
     document when the caller has fetched it (else Keycloak's endpoint layout under the issuer)."""
     values = chart_values(settings, images, discovery)
-    manifests = [*volume_manifests(settings), *node_reader_manifests(settings)]
+    manifests = [
+        *volume_manifests(settings),
+        *node_reader_manifests(settings),
+        prepuller_manifest(settings, images),
+    ]
     validate_manifests(manifests)
     return RenderedRelease(values=values, manifests=manifests)
 

@@ -15,9 +15,11 @@ What the values say, and why (DESIGN.md "Where we go beyond the plan"):
   shared, scratch an emptyDir with a size limit; no hostPath anywhere.
 - scheduling: no node selector or node affinity for user pods (`matchNodePurpose: ignore`), no
   user-scheduler; a GPU profile's own resources and toleration take its pod to some GPU node. The hub's pods
-  and the image puller tolerate the GPU taint, so that a cluster whose workers are all GPU nodes runs them.
-- the continuous image puller pulls every catalog image by digest on every node (GPU nodes included); the
-  pre-upgrade hook puller is off: it would hold `helm upgrade` until every node has pulled every image.
+  tolerate the GPU taint, so that a cluster whose workers are all GPU nodes runs them.
+- the chart's image pullers are off, both the pre-upgrade hook and the continuous one: helm's `--wait`
+  would hold the deploy until every node has pulled every image (10+ GB for a GPU image), past the deploy's
+  budget, and roll back a healthy hub. Our own pre-puller DaemonSet (hub/prepuller.py), applied beside the
+  release and not waited for, pulls every catalog image by digest on every node instead.
 """
 
 from __future__ import annotations
@@ -197,7 +199,7 @@ class Singleuser(_Values):
     networkPolicy: SingleuserNetworkPolicy = SingleuserNetworkPolicy()
 
 
-# -- scheduling and the image puller ----------------------------------------------------------------------
+# -- scheduling and the chart's image pullers --------------------------------------------------------------
 
 
 class NodeAffinity(_Values):
@@ -224,10 +226,11 @@ class Scheduling(_Values):
 
 
 class PrePuller(_Values):
+    """Both of the chart's pullers off: they are DaemonSets of the release, which helm's `--wait` waits for
+    until every node has every image (hub/prepuller.py pulls them outside the release)."""
+
     hook: Enabled = Enabled(enabled=False)
-    continuous: Enabled = Enabled(enabled=True)
-    extraTolerations: list[dict[str, Any]]
-    extraImages: dict[str, ImageRef]
+    continuous: Enabled = Enabled(enabled=False)
 
 
 class ChartValues(_Values):
@@ -408,9 +411,7 @@ def build_values(
         ingress=ingress,
         singleuser=Singleuser(image=_image_ref(_default_image(images)), storage=_storage(settings)),
         scheduling=Scheduling(corePods=CorePods(tolerations=[*CORE_TOLERATIONS, gpu])),
-        prePuller=PrePuller(
-            extraTolerations=[gpu], extraImages={item.name: _image_ref(item) for item in images}
-        ),
+        prePuller=PrePuller(),
     )
 
 

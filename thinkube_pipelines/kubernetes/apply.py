@@ -53,6 +53,7 @@ APPLIED_KINDS: dict[tuple[str, str], Kind] = {
     ("rbac.authorization.k8s.io/v1", "ClusterRoleBinding"): Kind(
         "rbac.authorization.k8s.io", "v1", "clusterrolebindings", False
     ),
+    ("apps/v1", "DaemonSet"): Kind("apps", "v1", "daemonsets", True),
 }
 """(apiVersion, kind) -> where it lives: the only kinds `apply_manifests` applies."""
 
@@ -142,6 +143,18 @@ def apply_manifests(
             outcome = "configured"
         done.append(Applied(manifest["kind"], name, namespace, outcome))
     return done
+
+
+def read_manifest(
+    api: ApiClient, manifest: Mapping[str, Any], *, cluster: str, timeout_s: float = 30.0
+) -> dict[str, Any] | None:
+    """The object `manifest` names as the API server has it now (its status included), None if absent; a
+    GET, as `apply_manifests` makes before each apply (so the same rights)."""
+    kind = kind_of(manifest)
+    meta = manifest["metadata"]
+    path = kind.path(meta["name"], meta.get("namespace") if kind.namespaced else None)
+    what = f"{describe(manifest)} of {cluster}"
+    return _call(partial(request, api, "GET", path, timeout_s), what, missing_ok=True)
 
 
 def request(

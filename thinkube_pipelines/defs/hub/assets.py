@@ -5,8 +5,10 @@ deployed hub offers; a changed catalog entry makes the hub stale).
 Each asset records what it did as materialization metadata; the release reads the values and manifests
 that `hub/jupyterhub_values` recorded (the record, not a file on one machine's disk), so the release deploys
 exactly what was rendered and reviewed. Each object is applied once per deploy: the volumes by
-`hub/seaweedfs_volumes`, the rest of the recorded manifests (the hub's node reader) and the OAuth Secret by
-`hub/jupyterhub_release`. A failed preflight fails its step, and Dagster runs none of the
+`hub/seaweedfs_volumes`, the rest of the recorded manifests (the hub's node reader, the image pre-puller)
+and the OAuth Secret by `hub/jupyterhub_release`. The pre-puller DaemonSet is applied, not waited for: its
+nodes go on pulling the catalog's images after the deploy has returned; the release records its counts as
+they are once the hub is up (`image_puller`). A failed preflight fails its step, and Dagster runs none of the
 assets downstream of it: nothing is applied. No secret is a setting, a value or a metadata entry: the
 OAuth client secret goes from the environment into a Kubernetes Secret, and nowhere else.
 """
@@ -154,9 +156,11 @@ def hub_assets(images: ImageSet) -> list[dg.AssetsDefinition]:
 
     @dg.asset(key=RELEASE, deps=[VALUES], **COMMON, description=release_doc)
     def jupyterhub_release(context: dg.AssetExecutionContext, hub: HubDeployment) -> dg.MaterializeResult:
+        from thinkube_pipelines.hub.prepuller import prepuller_status
         from thinkube_pipelines.hub.release import deploy_release
         from thinkube_pipelines.hub.render import release_manifests
-        from thinkube_pipelines.kubernetes.apply import apply_manifests, describe
+        from thinkube_pipelines.kubernetes.apply import apply_manifests, describe, read_manifest
+        from thinkube_pipelines.kubernetes.cluster import KubernetesError
 
         event = context.instance.get_latest_materialization_event(VALUES)
         recorded = event.asset_materialization.metadata if event and event.asset_materialization else {}
@@ -182,9 +186,27 @@ def hub_assets(images: ImageSet) -> list[dg.AssetsDefinition]:
             health_url=hub.health_url,
             log=log,
         )
+        puller: dict[str, Any] = {}
+        for manifest in (m for m in own if m.get("kind") == "DaemonSet"):
+            try:  # one GET: the counts as they are now; the pulls go on after the deploy
+                status_api, _ = _api(hub)
+                with status_api:
+                    live = read_manifest(
+                        status_api, manifest, cluster=cluster, timeout_s=hub.cluster.timeout_s
+                    )
+            except KubernetesError as exc:
+                log(f"image pre-puller {manifest['metadata']['name']}: status not read: {exc}")
+                continue
+            counts = prepuller_status(live)
+            puller = {"name": manifest["metadata"]["name"], **counts}
+            log(
+                f"image pre-puller {puller['name']}: {counts['ready']} of {counts['desired']} node(s) have "
+                f"every image ({counts['updated']} with this deploy's); pulls go on after the deploy"
+            )
         return dg.MaterializeResult(
             metadata={
                 **result.metadata(),
+                **({"image_puller": dg.MetadataValue.json(puller)} if puller else {}),
                 "duration": dg.MetadataValue.float(round(result.duration_s, 3)),
                 "values_sha256": _sha256(values),
                 "cluster": cluster,
@@ -210,8 +232,9 @@ values_doc = (
     "images and validated (chart schema, kubernetes-validate --strict); recorded as metadata."
 )
 release_doc = (
-    "The recorded manifests other than the volumes (hub/seaweedfs_volumes applied those) and the OAuth "
-    "Secret, server-side applied; then "
+    "The recorded manifests other than the volumes (hub/seaweedfs_volumes applied those: the hub's node "
+    "reader and the image pre-puller DaemonSet) and the OAuth Secret, server-side applied; then "
     "`helm upgrade --install --wait --rollback-on-failure` of the recorded values, then the hub's health "
-    "endpoint; the duration is recorded and the step fails past its budget (THINKUBE_HUB_BUDGET_S)."
+    "endpoint; the duration is recorded and the step fails past its budget (THINKUBE_HUB_BUDGET_S). The "
+    "pre-puller is not waited for: its counts are recorded, and the images keep pulling after the deploy."
 )
