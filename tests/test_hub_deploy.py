@@ -340,6 +340,31 @@ def run_hub_deploy(*, raise_on_error: bool = True, health_url: str | None = None
     )
 
 
+def test_without_the_client_secret_a_hub_deploy_fails_at_its_start_and_image_runs_do_not_need_it(
+    sim: RunningSimulator, hub_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+):
+    """The hub resource as the code location makes it (defs/resources.py): the secret is optional in the
+    configuration (an image run resolves every resource's configuration and must not need it), and a hub step
+    fails before it does anything, naming the variable."""
+    from thinkube_pipelines.defs.resources import _hub
+
+    monkeypatch.delenv(OIDC_CLIENT_SECRET_ENV)
+    hub = _hub()
+    assert hub.oidc_client_secret is None
+    result = dg.materialize(
+        hub_assets(load_image_definitions(REPO / "images")),
+        resources={"hub": hub},
+        instance=dg.DagsterInstance.ephemeral(),
+        raise_on_error=False,
+    )
+    assert not result.success
+    said = "\n".join(str(e.event_specific_data) for e in result.all_events if e.is_failure)
+    assert f"{OIDC_CLIENT_SECRET_ENV} is not set" in said, said
+    assert not result.get_asset_materialization_events()
+    namespaces = requests.get(f"{sim.url}/api/v1/namespaces", timeout=10).json()["items"]
+    assert hub_env[hs.NAMESPACE_ENV] not in {n["metadata"]["name"] for n in namespaces}
+
+
 def _with_tolerations(values: dict[str, Any]) -> dict[str, Any]:
     """The simulator's nodes are all tainted (a kubeadm control plane, GPU nodes): the core pods tolerate
     the GPU taint here, as the helm tests' do."""

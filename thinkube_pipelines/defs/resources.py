@@ -270,7 +270,8 @@ def _gpu_test() -> bool:
 
 def _hub() -> Any:
     """The hub deploy: the cluster from $KUBECONFIG (else ~/.kube/config, else the pod's ServiceAccount),
-    the OAuth client secret by reference (required: a hub_deploy run without it fails when it starts),
+    the OAuth client secret by reference where set (a hub step without it fails when it starts; image runs
+    never need it, so it is not a required configuration value),
     helm from $THINKUBE_HELM (else PATH), the health URL from $THINKUBE_HUB_HEALTH_URL (else the public
     URL's /hub/health). The other settings: thinkube_pipelines/hub/settings.py."""
     from thinkube_pipelines.defs.hub.resources import OIDC_CLIENT_SECRET_ENV, HubDeployment
@@ -278,7 +279,7 @@ def _hub() -> Any:
 
     return HubDeployment(
         cluster=KubernetesCluster(kubeconfig=env_setting(KUBECONFIG_ENV, None)),
-        oidc_client_secret=dg.EnvVar(OIDC_CLIENT_SECRET_ENV),
+        oidc_client_secret=env_setting(OIDC_CLIENT_SECRET_ENV, None),
         helm=env_setting(HELM_ENV, None),
         health_url=env_setting(HEALTH_URL_ENV, None),
     )

@@ -20,9 +20,11 @@ class HubDeployment(dg.ConfigurableResource):
     """Where and how the hub is deployed."""
 
     cluster: KubernetesCluster = Field(description="The cluster the hub is deployed to.")
-    oidc_client_secret: str = Field(
+    oidc_client_secret: str | None = Field(
+        None,
         repr=False,
-        description=f"The hub's OAuth client secret in Keycloak; EnvVar({OIDC_CLIENT_SECRET_ENV!r}).",
+        description=f"The hub OAuth client secret in Keycloak: EnvVar({OIDC_CLIENT_SECRET_ENV!r}) if set. "
+        "Optional here, so that image runs need no hub secret; a hub step fails at its start without it.",
     )
     helm: str | None = Field(None, description=f"The helm binary (${HELM_ENV}). None: `helm` on PATH.")
     health_url: str | None = Field(
@@ -43,7 +45,9 @@ class HubDeployment(dg.ConfigurableResource):
         except HubConfigError as exc:
             raise dg.Failure(str(exc)) from None
         if not self.oidc_client_secret:
-            raise dg.Failure(f"{OIDC_CLIENT_SECRET_ENV} is empty: the hub's OAuth client secret is required")
+            raise dg.Failure(
+                f"{OIDC_CLIENT_SECRET_ENV} is not set: deploying the hub needs its OAuth client secret"
+            )
         try:
             self.cluster.configuration()
         except KubernetesError as exc:
