@@ -20,6 +20,8 @@ a. The deploy's own work, outside helm: what the four hub_deploy assets (thinkub
    - first deploy: a fresh namespace, so the preflight creates it and every object is created;
    - redeploy: the same settings again at once (every object unchanged), what a deploy after a catalog
      change pays before helm.
+   After each pair the namespace is deleted and its end awaited, untimed (its image puller's pods would
+   keep the simulator busy).
    Baseline: `helm template` of the reference chart (tests/reference/z2jh/jupyterhub-4.4.0.tgz) with the
    values the first deploy rendered, written to a file beforehand: rendering the same chart values alone.
    After one warm-up of each (not counted; its time is kept: the first deploy in this process pays the
@@ -388,6 +390,28 @@ def _stopped(name: str, service) -> None:
     log(f"{name} stopped (pid {service.process.pid})")
 
 
+def _cleared(cluster, namespace: str, timeout_s: float = 120.0) -> None:
+    """Delete a deploy's namespace and wait until it is gone, untimed: its image puller's pods (one per node,
+    an init container per image) would otherwise keep the simulator's kubelet busy through the next
+    repetitions, slowing the API as no real cluster's pods slow its API server."""
+    from kubernetes.client import ApiClient, CoreV1Api
+    from kubernetes.client.exceptions import ApiException
+
+    with ApiClient(cluster.configuration()) as api:
+        core = CoreV1Api(api)
+        core.delete_namespace(namespace)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            try:
+                core.read_namespace(namespace)
+            except ApiException as exc:
+                if exc.status == 404:
+                    return
+                raise
+            time.sleep(0.2)
+    raise RuntimeError(f"namespace {namespace} still there {timeout_s:g} s after its deletion")
+
+
 def _deploys(results: HubResults, repetitions: int, base, cluster, helm, helm_env, root: Path) -> None:
     from thinkube_pipelines.hub.settings import HubSettings
 
@@ -408,6 +432,7 @@ def _deploys(results: HubResults, repetitions: int, base, cluster, helm, helm_en
         warm_first, values = deploy_once(fresh, cluster)
         warm_again, _ = deploy_once(fresh, cluster)
         _check_outcomes("warm-up", warm_first, warm_again)
+        _cleared(cluster, fresh.namespace)
         text = yaml.safe_dump(values, sort_keys=False)
         values_file.write_text(text)
         results.values_bytes = len(text.encode())
@@ -424,6 +449,7 @@ def _deploys(results: HubResults, repetitions: int, base, cluster, helm, helm_en
             first, _ = deploy_once(fresh, cluster)
             again, _ = deploy_once(fresh, cluster)
             _check_outcomes(f"repetition {rep + 1}", first, again)
+            _cleared(cluster, fresh.namespace)
             results.first.append(first)
             results.again.append(again)
             log(
@@ -433,10 +459,10 @@ def _deploys(results: HubResults, repetitions: int, base, cluster, helm, helm_en
             )
 
 
-FIRST_CREATED = 9
-"""A first deploy creates 6 volume objects (the volumes step), the ClusterRole, its binding and the Secret
-(the release step): each object applied once."""
-APPLIED = 9
+FIRST_CREATED = 10
+"""A first deploy creates 6 volume objects (the volumes step), the ClusterRole, its binding, the image puller
+DaemonSet and the Secret (the release step): each object applied once."""
+APPLIED = 10
 
 
 def _check_outcomes(which: str, first: DeployRun, again: DeployRun) -> None:
