@@ -20,8 +20,9 @@ a. The deploy's own work, outside helm: what the four hub_deploy assets (thinkub
    - first deploy: a fresh namespace, so the preflight creates it and every object is created;
    - redeploy: the same settings again at once (every object unchanged), what a deploy after a catalog
      change pays before helm.
-   After each pair the namespace is deleted and its end awaited, untimed (its image puller's pods would
-   keep the simulator busy).
+   Between the two the image puller's pods are left to become ready, and after each pair the namespace is
+   deleted and its end awaited, both untimed: the simulator's kubelet runs in its API server's process, so
+   pods starting there slow its API, which no real cluster's pods do to its API server.
    Baseline: `helm template` of the reference chart (tests/reference/z2jh/jupyterhub-4.4.0.tgz) with the
    values the first deploy rendered, written to a file beforehand: rendering the same chart values alone.
    After one warm-up of each (not counted; its time is kept: the first deploy in this process pays the
@@ -390,6 +391,25 @@ def _stopped(name: str, service) -> None:
     log(f"{name} stopped (pid {service.process.pid})")
 
 
+def _settled(cluster, namespace: str, timeout_s: float = 120.0) -> None:
+    """Wait, untimed, until the image puller's pods are ready on every node it wants: a redeploy comes
+    minutes after a deploy, not while the simulator's in-process kubelet is still starting the new pods
+    (which slows its API as no real cluster's pods slow its API server)."""
+    from kubernetes.client import ApiClient, AppsV1Api
+
+    from thinkube_pipelines.hub.prepuller import NAME
+
+    with ApiClient(cluster.configuration()) as api:
+        apps = AppsV1Api(api)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            status = apps.read_namespaced_daemon_set(NAME, namespace).status
+            if status.desired_number_scheduled and status.number_ready == status.desired_number_scheduled:
+                return
+            time.sleep(0.2)
+    raise RuntimeError(f"the image puller in {namespace} not ready {timeout_s:g} s after the deploy")
+
+
 def _cleared(cluster, namespace: str, timeout_s: float = 120.0) -> None:
     """Delete a deploy's namespace and wait until it is gone, untimed: its image puller's pods (one per node,
     an init container per image) would otherwise keep the simulator's kubelet busy through the next
@@ -430,6 +450,7 @@ def _deploys(results: HubResults, repetitions: int, base, cluster, helm, helm_en
     with _instrumented():
         fresh = settings()
         warm_first, values = deploy_once(fresh, cluster)
+        _settled(cluster, fresh.namespace)
         warm_again, _ = deploy_once(fresh, cluster)
         _check_outcomes("warm-up", warm_first, warm_again)
         _cleared(cluster, fresh.namespace)
@@ -447,6 +468,7 @@ def _deploys(results: HubResults, repetitions: int, base, cluster, helm, helm_en
             results.template.append(template())
             fresh = settings()
             first, _ = deploy_once(fresh, cluster)
+            _settled(cluster, fresh.namespace)
             again, _ = deploy_once(fresh, cluster)
             _check_outcomes(f"repetition {rep + 1}", first, again)
             _cleared(cluster, fresh.namespace)
