@@ -258,7 +258,7 @@ def deploy_once(settings, cluster) -> tuple[DeployRun, dict[str, Any]]:
     secret = oidc_secret_manifest(SimpleNamespace(settings=settings, oidc_client_secret=SECRET))
     with api, phases.timing("release apply"):
         applied += apply_manifests(
-            api, [*release_manifests(rendered.manifests), secret], cluster=name, timeout_s=cluster.timeout_s
+            api, [secret, *release_manifests(rendered.manifests)], cluster=name, timeout_s=cluster.timeout_s
         )
     with phases.timing("values file"):
         _write_values_file(rendered.values)

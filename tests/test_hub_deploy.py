@@ -412,10 +412,10 @@ def test_the_hub_deploy_job_materializes_and_no_secret_leaks(
         == ["PersistentVolume"] * 3 + ["PersistentVolumeClaim"] * 3
     )
     assert [a.split()[0] for a in release["manifests_applied"].value] == [
+        "Secret",  # first: the chart's hub reads it
         "ClusterRole",
         "ClusterRoleBinding",
-        "DaemonSet",
-        "Secret",
+        "DaemonSet",  # last: its pods start pulling at once, and nothing waits for them
     ]
     assert len(release["manifests_applied_by_volumes"].value) == 6
     hub = requests.get(f"{sim.url}/apis/apps/v1/namespaces/{namespace}/deployments/hub", timeout=10).json()

@@ -168,11 +168,13 @@ def hub_assets(images: ImageSet) -> list[dg.AssetsDefinition]:
             raise dg.Failure(f"no recorded values: materialize {VALUES.to_user_string()} first")
         values, manifests = recorded["values"].value, recorded["manifests"].value
         settings = hub.settings
-        own = release_manifests(manifests)  # the volumes: applied by hub/seaweedfs_volumes, not again
+        # the volumes: applied by hub/seaweedfs_volumes, not again. The Secret first (the hub reads it), the
+        # image puller last (its pods start pulling at once; nothing waits for them)
+        own = release_manifests(manifests)
         api, cluster = _api(hub)
         with api:
             applied = apply_manifests(
-                api, [*own, oidc_secret_manifest(hub)], cluster=cluster, timeout_s=hub.cluster.timeout_s
+                api, [oidc_secret_manifest(hub), *own], cluster=cluster, timeout_s=hub.cluster.timeout_s
             )
         log = _Log(context)
         for item in applied:
