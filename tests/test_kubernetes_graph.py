@@ -43,8 +43,12 @@ ARG BASE_IMAGE
 FROM ${BASE_IMAGE}
 RUN ln -sf /usr/bin/python3 /usr/local/bin/python \\
  && printf '#!/bin/sh\\necho jupyterhub-singleuser stand-in\\n' > /usr/local/bin/jupyterhub-singleuser \\
- && chmod 0755 /usr/local/bin/jupyterhub-singleuser
+ && chmod 0755 /usr/local/bin/jupyterhub-singleuser \\
+ && sleep {build_seconds} && echo build {nonce}
 """
+BUILD_SECONDS = 2
+"""The root's RUN step lasts this long, and names a nonce so that no layer cache skips it: log lines that
+arrive during the build arrive this long before its end."""
 GPU_DOCKERFILE = """\
 ARG PARENT_IMAGE
 FROM ${PARENT_IMAGE}
@@ -80,7 +84,9 @@ def write_images(root: Path, gpu_check: str = GPU_CHECK_FAILING) -> Path:
     )
     folder = images / ROOT
     folder.mkdir(parents=True)
-    (folder / "Dockerfile").write_text(ROOT_DOCKERFILE)
+    (folder / "Dockerfile").write_text(
+        ROOT_DOCKERFILE.replace("{build_seconds}", str(BUILD_SECONDS)).replace("{nonce}", uuid.uuid4().hex)
+    )
     (folder / "requirements.txt").write_text("")
     (folder / "requirements.lock").write_text(
         render_lock(LockInputs("3.11", PLATFORM, sha256_text(b""), ()), "")
