@@ -690,9 +690,10 @@ class JobFollower:
         """Collect the rest of the logs, and the final state of the pods, before answering."""
         deadline = time.monotonic() + LOG_DRAIN_S
         if outcome.status in ("succeeded", "failed"):
-            if outcome.status == "succeeded" and not any(
-                (p.get("status") or {}).get("phase") == "Succeeded" for p in self.pods.values()
-            ):
+            # The Job's watch and the pods' are separate streams: the Job's condition can arrive before the
+            # pod state that caused it.
+            phase = "Succeeded" if outcome.status == "succeeded" else "Failed"
+            if not any((p.get("status") or {}).get("phase") == phase for p in self.pods.values()):
                 self._relist_pods()
             while any(t.is_alive() for t in self._followers.values()) and time.monotonic() < deadline:
                 with contextlib.suppress(queue.Empty):
