@@ -271,6 +271,38 @@ def test_unknown_fields_by_field_validation(k8s_cluster, namespace):
     )
 
 
+def test_apply_bodies_in_yaml_and_in_json_are_the_same_object(k8s_cluster, namespace):
+    """An apply patch is YAML, of which JSON is a part: block YAML (what an operator's file holds) and JSON
+    (what the Python client sends) create the same ConfigMap; a body that is neither is a 400 naming YAML."""
+    url = f"{k8s_cluster.url}/api/v1/namespaces/{namespace}/configmaps"
+    headers = {"Content-Type": "application/apply-patch+yaml"}
+    block = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: from-yaml\ndata:\n  key: 'on'\n"
+    as_json = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": "from-json"},
+        "data": {"key": "on"},
+    }
+    made = [
+        requests.patch(
+            f"{url}/from-yaml", data=block, params={"fieldManager": "t"}, headers=headers, timeout=5
+        ),
+        requests.patch(
+            f"{url}/from-json",
+            data=json.dumps(as_json),
+            params={"fieldManager": "t"},
+            headers=headers,
+            timeout=5,
+        ),
+    ]
+    assert [r.status_code for r in made] == [201, 201]
+    assert [r.json()["data"] for r in made] == [{"key": "on"}, {"key": "on"}]
+    broken = requests.patch(
+        f"{url}/broken", data="a: [1", params={"fieldManager": "t"}, headers=headers, timeout=5
+    )
+    assert broken.status_code == 400 and "error decoding YAML" in broken.json()["message"]
+
+
 def test_label_and_field_selectors(k8s_api, namespace):
     core = client.CoreV1Api(k8s_api)
     core.create_namespaced_pod(namespace, _pod("a", {"app": "x", "tier": "web"}))
