@@ -96,7 +96,8 @@ DEPLOY_PHASES = [
     ("render: rest", "the rest of `render_release`"),
     (
         "release apply",
-        "the node reader's ClusterRole and binding and the OAuth Secret: a GET and an apply PATCH each",
+        "the OAuth Secret, the node reader's ClusterRole and binding, the image puller DaemonSet: a GET and "
+        "an apply PATCH each",
     ),
     ("values file", "`write_values_file`: the values as YAML in a private (0700) folder, the file 0600"),
 ]

@@ -28,13 +28,13 @@ from tests.fixtures.kubernetes import RunningSimulator, simulator_or_fail
 from tests.fixtures.network import free_port
 from tests.fixtures.tools import tool_env
 from thinkube_pipelines.defs.hub.assets import RELEASE, VALUES, hub_assets
-from thinkube_pipelines.defs.hub.resources import OIDC_CLIENT_SECRET_ENV, HubDeployment
+from thinkube_pipelines.defs.hub.resources import HubDeployment
 from thinkube_pipelines.hub import settings as hs
 from thinkube_pipelines.hub.preflight import PreflightError, preflight
 from thinkube_pipelines.hub.prepuller import NAME as PULLER
-from thinkube_pipelines.hub.release import HELM_ENV, ReleaseError, deploy_release
+from thinkube_pipelines.hub.release import ReleaseError, deploy_release
 from thinkube_pipelines.hub.render import render_release
-from thinkube_pipelines.hub.settings import HubSettings
+from thinkube_pipelines.hub.settings import HELM_ENV, OIDC_CLIENT_SECRET_ENV, HubSettings
 from thinkube_pipelines.hub.volumes import volume_manifests
 from thinkube_pipelines.images import load_image_definitions
 from thinkube_pipelines.kubernetes.apply import apply_manifests

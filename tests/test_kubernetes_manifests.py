@@ -13,15 +13,20 @@ import jsonschema
 import pytest
 import yaml
 
-from thinkube_pipelines.defs.hub.resources import OIDC_CLIENT_SECRET_ENV
 from thinkube_pipelines.defs.resources import (
     DEFAULT_THINKUBE_CONTROL_NAMESPACE,
     REGISTRATION_ENV,
     REGISTRATIONS,
     THINKUBE_CONTROL_NAMESPACE_ENV,
 )
-from thinkube_pipelines.hub.release import HEALTH_URL_ENV, HELM_ENV
-from thinkube_pipelines.hub.settings import HUB_CATALOG_URL_ENV, HubConfigError, HubSettings
+from thinkube_pipelines.hub.settings import (
+    HEALTH_URL_ENV,
+    HELM_ENV,
+    HUB_CATALOG_URL_ENV,
+    OIDC_CLIENT_SECRET_ENV,
+    HubConfigError,
+    HubSettings,
+)
 from thinkube_pipelines.kubernetes import validation
 from thinkube_pipelines.kubernetes.build_job import (
     BUILDKIT_CONTAINER,

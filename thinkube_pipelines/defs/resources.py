@@ -274,8 +274,8 @@ def _hub() -> Any:
     never need it, so it is not a required configuration value),
     helm from $THINKUBE_HELM (else PATH), the health URL from $THINKUBE_HUB_HEALTH_URL (else the public
     URL's /hub/health). The other settings: thinkube_pipelines/hub/settings.py."""
-    from thinkube_pipelines.defs.hub.resources import OIDC_CLIENT_SECRET_ENV, HubDeployment
-    from thinkube_pipelines.hub.release import HEALTH_URL_ENV, HELM_ENV
+    from thinkube_pipelines.defs.hub.resources import HubDeployment
+    from thinkube_pipelines.hub.settings import HEALTH_URL_ENV, HELM_ENV, OIDC_CLIENT_SECRET_ENV
 
     return HubDeployment(
         cluster=KubernetesCluster(kubeconfig=env_setting(KUBECONFIG_ENV, None)),

@@ -33,12 +33,11 @@ from typing import TYPE_CHECKING, Any
 import requests
 
 from thinkube_pipelines.hub.render import to_yaml
+from thinkube_pipelines.hub.settings import HEALTH_URL_ENV, HELM_ENV
 
 if TYPE_CHECKING:
     from thinkube_pipelines.hub.settings import HubSettings
 
-HELM_ENV = "THINKUBE_HELM"
-HEALTH_URL_ENV = "THINKUBE_HUB_HEALTH_URL"
 HEALTH_PATH = "/hub/health"
 HEALTH_POLL_S = 1.0
 OUTPUT_TAIL = 4000

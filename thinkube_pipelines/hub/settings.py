@@ -67,6 +67,13 @@ GPU_TOLERATION_KEY_ENV = "THINKUBE_HUB_GPU_TOLERATION_KEY"
 HELM_TIMEOUT_ENV = "THINKUBE_HUB_HELM_TIMEOUT_S"
 BUDGET_ENV = "THINKUBE_HUB_BUDGET_S"
 HEALTH_TIMEOUT_ENV = "THINKUBE_HUB_HEALTH_TIMEOUT_S"
+HEALTH_URL_ENV = "THINKUBE_HUB_HEALTH_URL"
+"""Where the deploy asks the hub's health after the release (the resource's, not a HubSettings field)."""
+HELM_ENV = "THINKUBE_HELM"
+"""The helm binary (the resource's; default `helm` on PATH)."""
+OIDC_CLIENT_SECRET_ENV = "THINKUBE_HUB_OIDC_CLIENT_SECRET"
+"""The hub's OAuth client secret in Keycloak. The deploy writes it into the Kubernetes Secret the chart
+values name (`oidc_client_secret_name`/`_key`); it never appears in the values, metadata or logs."""
 
 VOLUME_NAMES = ("notebooks", "datasets", "models")
 

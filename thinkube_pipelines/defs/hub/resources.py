@@ -7,13 +7,14 @@ from __future__ import annotations
 import dagster as dg
 from pydantic import Field, PrivateAttr
 
-from thinkube_pipelines.hub.release import HEALTH_URL_ENV, HELM_ENV
-from thinkube_pipelines.hub.settings import HubConfigError, HubSettings
+from thinkube_pipelines.hub.settings import (
+    HEALTH_URL_ENV,
+    HELM_ENV,
+    OIDC_CLIENT_SECRET_ENV,
+    HubConfigError,
+    HubSettings,
+)
 from thinkube_pipelines.kubernetes.cluster import KubernetesCluster, KubernetesError
-
-OIDC_CLIENT_SECRET_ENV = "THINKUBE_HUB_OIDC_CLIENT_SECRET"
-"""The hub's OAuth client secret in Keycloak. The deploy writes it into the Kubernetes Secret the chart
-values name (`oidc_client_secret_name`/`_key`); it never appears in the values, metadata or logs."""
 
 
 class HubDeployment(dg.ConfigurableResource):
