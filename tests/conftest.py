@@ -11,4 +11,5 @@ pytest_plugins = [
     "tests.fixtures.kubernetes",
     "tests.fixtures.tools",
     "tests.fixtures.hub",
+    "tests.fixtures.git_server",
 ]
