@@ -11,5 +11,6 @@ pytest_plugins = [
     "tests.fixtures.kubernetes",
     "tests.fixtures.tools",
     "tests.fixtures.hub",
+    "tests.fixtures.browser",
     "tests.fixtures.git_server",
 ]

@@ -1,12 +1,13 @@
 // A Keycloak stand-in for the tests: oidc-provider with Keycloak's URL layout and JWT access tokens.
 //
 //   node tests/oidc/keycloak-standin.mjs [--port 0] [--host 127.0.0.1] [--realm thinkube]
+//        [--hub-redirect URI] [--catalog-ui-redirect URI ...]
 //   (or KEYCLOAK_STANDIN_PORT / KEYCLOAK_STANDIN_HOST / KEYCLOAK_STANDIN_REALM)
 //
 // Port 0 picks a free port. Once listening it prints one line:
 //   ready {"issuer": "...", "other_issuer": "...", "lying_issuer": "...", "keys_unreachable_issuer": "...",
 //          "mint_url": "...", "audience": "...", "writer_role": "...", "custom_writer_role": "...",
-//          "clients": {...}}
+//          "rebuilder_role": "...", "catalog_ui_client": "...", "clients": {...confidential ones' secrets}}
 //
 // Realms (all sign with the SAME key, the one private JWK the providers are configured with):
 //   <realm>   the realm under test (oidc-provider)
@@ -28,6 +29,11 @@
 //   jupyterhub     authorization_code for the hub's login (users from the dev login form); its redirect URI
 //                  is --hub-redirect. Its access tokens are for the userinfo endpoint (no resource
 //                  indicator), which the hub asks for the user's claims, as it does Keycloak's.
+//   thinkube-catalog-ui  PUBLIC client (no secret, token_endpoint_auth_method none): the catalog's web page
+//                  signs users in with authorization_code + PKCE (S256, required) from the browser; its
+//                  redirect URIs are --catalog-ui-redirect (repeatable). Its access tokens carry
+//                  aud thinkube-control and the signed-in user's realm roles (USER_ROLES), as a Keycloak
+//                  public client with an audience mapper would; CORS is open to its redirect URIs' origins.
 //
 // Users of the dev login form (oidc-provider devInteractions: any login name signs in, any password; the
 // consent page follows). Their `groups` claim (scope `groups`, like a Keycloak Group Membership mapper
@@ -35,6 +41,9 @@
 //   hub-user     jupyterhub-users                     (may use the hub)
 //   hub-admin    jupyterhub-users, jupyterhub-admins  (may use and administer the hub)
 //   outsider     other-team                           (outside the hub's groups: refused)
+//   image-admin  jupyterhub-users; realm role image-rebuilder (may press Rebuild on the catalog's page)
+// Realm roles of users (USER_ROLES[login], else none) go into the access tokens of thinkube-catalog-ui:
+//   image-admin  image-rebuilder                      (hub-user and the others: no role, so Rebuild is 403)
 //
 // TEST ONLY: POST <mint_url> (http://host:port/test-only/mint) mints tokens no grant gives without a user
 // (ID tokens, refresh tokens, tokens not yet valid, tokens of the lying and keyless realms). They are
@@ -60,6 +69,7 @@ const { values: args } = parseArgs({
     host: { type: 'string', default: process.env.KEYCLOAK_STANDIN_HOST ?? '127.0.0.1' },
     realm: { type: 'string', default: process.env.KEYCLOAK_STANDIN_REALM ?? 'thinkube' },
     'hub-redirect': { type: 'string', default: 'http://127.0.0.1:8000/hub/oauth_callback' },
+    'catalog-ui-redirect': { type: 'string', multiple: true, default: ['http://127.0.0.1:8080/'] },
   },
 });
 
@@ -85,11 +95,15 @@ const ROLES = {
 };
 const TTL = { 'short-lived': 1 };
 const HUB_CLIENT = 'jupyterhub';
+const CATALOG_UI_CLIENT = 'thinkube-catalog-ui';
+const REBUILDER_ROLE = 'image-rebuilder';
 const ACCOUNT_GROUPS = {
   'hub-user': ['jupyterhub-users'],
   'hub-admin': ['jupyterhub-users', 'jupyterhub-admins'],
   outsider: ['other-team'],
+  'image-admin': ['jupyterhub-users'],
 };
+const USER_ROLES = { 'image-admin': [REBUILDER_ROLE] };
 const DEFAULT_GROUPS = ['jupyter-users'];
 
 const machineClient = (id) => ({
@@ -108,6 +122,14 @@ const clients = [
     client_secret: `${HUB_CLIENT}-secret`,
     redirect_uris: [args['hub-redirect']],
     grant_types: ['authorization_code', 'refresh_token'],
+    response_types: ['code'],
+    scope: SCOPE,
+  },
+  {
+    client_id: CATALOG_UI_CLIENT,
+    token_endpoint_auth_method: 'none', // public: PKCE is required (oidc-provider's default for these)
+    redirect_uris: args['catalog-ui-redirect'],
+    grant_types: ['authorization_code'],
     response_types: ['code'],
     scope: SCOPE,
   },
@@ -160,10 +182,17 @@ function realmProvider(issuer) {
         groups: ACCOUNT_GROUPS[id] ?? DEFAULT_GROUPS,
       }),
     }),
-    extraTokenClaims: async (ctx, token) => ({
-      azp: token.clientId,
-      ...(ROLES[token.clientId] ?? { realm_access: { roles: [] } }),
-    }),
+    extraTokenClaims: async (ctx, token) => {
+      if (token.clientId === CATALOG_UI_CLIENT) {
+        // a user's token: Keycloak's realm roles mapper puts the user's roles in it
+        return {
+          azp: token.clientId,
+          preferred_username: token.accountId,
+          realm_access: { roles: USER_ROLES[token.accountId] ?? [] },
+        };
+      }
+      return { azp: token.clientId, ...(ROLES[token.clientId] ?? { realm_access: { roles: [] } }) };
+    },
     cookies: { keys: ['standin-cookie-key'] },
   });
   provider.proxy = true;
@@ -300,7 +329,11 @@ server.listen(Number(args.port), args.host, async () => {
     audience: AUDIENCE,
     writer_role: WRITER_ROLE,
     custom_writer_role: CUSTOM_ROLE,
-    clients: Object.fromEntries(clients.map((client) => [client.client_id, client.client_secret])),
+    rebuilder_role: REBUILDER_ROLE,
+    catalog_ui_client: CATALOG_UI_CLIENT,
+    clients: Object.fromEntries(
+      clients.filter((client) => client.client_secret).map((client) => [client.client_id, client.client_secret]),
+    ),
   };
   console.log(`ready ${JSON.stringify(summary)}`);
 });

@@ -37,6 +37,7 @@ from thinkube_pipelines.catalog.contract import (
 )
 from thinkube_pipelines.catalog.db import POOL_SIZE, connect, session_factory
 from thinkube_pipelines.catalog.limits import BodyLimit
+from thinkube_pipelines.catalog.page_routes import add_page
 from thinkube_pipelines.catalog.settings import CatalogSettings
 from thinkube_pipelines.catalog.view import CatalogView, DatabaseTimeout, Encoded, LiveView
 from thinkube_pipelines.catalog.writers import AccessDenied, WriteAccess, Writer
@@ -374,4 +375,5 @@ def create_app(settings: CatalogSettings | None = None) -> FastAPI:
         log.info("image %s deleted by %s", name, writer.name)
         return Response(status_code=status.HTTP_204_NO_CONTENT)
 
+    add_page(app, settings)
     return app

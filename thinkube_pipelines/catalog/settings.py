@@ -67,6 +67,24 @@ class CatalogSettings(BaseSettings):
         ),
     )
 
+    ui_client_id: str = Field(
+        "thinkube-catalog-ui",
+        min_length=1,
+        validation_alias="THINKUBE_CATALOG_UI_CLIENT_ID",
+        description=(
+            "Client id the catalog's web page signs users in with, in the realm of THINKUBE_OIDC_ISSUER: "
+            "a PUBLIC client (no secret) with the standard flow (authorization code, PKCE S256), the page's "
+            "URL as redirect URI and its origin as web origin (CORS), and an audience mapper adding "
+            "THINKUBE_OIDC_AUDIENCE to its access tokens. Sent to the browser: never a secret."
+        ),
+    )
+    ui_scopes: str = Field(
+        "openid profile",
+        min_length=1,
+        validation_alias="THINKUBE_CATALOG_UI_SCOPES",
+        description="Space-separated scopes the web page asks for when it signs a user in.",
+    )
+
     @field_validator("database_url")
     @classmethod
     def _parsable_url(cls, value: SecretStr) -> SecretStr:
