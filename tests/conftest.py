@@ -11,6 +11,7 @@ pytest_plugins = [
     "tests.fixtures.kubernetes",
     "tests.fixtures.tools",
     "tests.fixtures.hub",
+    "tests.fixtures.dagster_server",
     "tests.fixtures.browser",
     "tests.fixtures.git_server",
 ]

@@ -27,6 +27,7 @@ from sqlalchemy.orm import sessionmaker
 
 from thinkube_pipelines import oci
 from thinkube_pipelines.catalog import store
+from thinkube_pipelines.catalog.builds import RebuildAccess, build_router
 from thinkube_pipelines.catalog.contract import (
     MAX_BODY_BYTES,
     CatalogItem,
@@ -221,6 +222,12 @@ def create_app(settings: CatalogSettings | None = None) -> FastAPI:
     )
     app.add_middleware(BodyLimit, max_bytes=MAX_BODY_BYTES)
     app.state.write_access = WriteAccess(settings)
+    app.state.rebuild_access = RebuildAccess(settings)
+
+    async def image_in_catalog(name: str) -> bool:
+        return (await live.current()).item(name) is not None
+
+    app.include_router(build_router(settings, image_in_catalog))
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_request: Request, error: RequestValidationError) -> JSONResponse:

@@ -67,6 +67,47 @@ class CatalogSettings(BaseSettings):
         ),
     )
 
+    rebuild_role: str = Field(
+        "image-rebuilder",
+        min_length=1,
+        validation_alias="THINKUBE_CATALOG_REBUILD_ROLE",
+        description=(
+            "Role an OIDC access token needs to ask for a rebuild (POST /api/v1/images/{name}/rebuild), "
+            "counted as the writer role is: a realm role or a role of the catalog's own client. The "
+            "service token may always ask."
+        ),
+    )
+    dagster_graphql_url: str | None = Field(
+        None,
+        validation_alias="THINKUBE_DAGSTER_GRAPHQL_URL",
+        description=(
+            "Dagster's GraphQL endpoint (e.g. http://dagster-webserver:3000/graphql): rebuilds are "
+            "launched and builds followed through it. Unset: rebuilds and build status answer 503 "
+            "naming this setting; reads of the catalog are unaffected."
+        ),
+    )
+    dagster_ui_url: str | None = Field(
+        None,
+        validation_alias="THINKUBE_DAGSTER_UI_URL",
+        description=(
+            "Dagster's UI as users reach it (e.g. https://dagster.example.org): builds link to "
+            "<this>/runs/<run_id>. Unset: no link (null)."
+        ),
+    )
+    dagster_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        validation_alias="THINKUBE_DAGSTER_TIMEOUT_S",
+        description="Seconds one request to Dagster's GraphQL API may take before it counts as unreachable.",
+    )
+    build_log_poll_s: float = Field(
+        0.5,
+        gt=0,
+        le=60,
+        validation_alias="THINKUBE_CATALOG_BUILD_LOG_POLL_S",
+        description="Seconds between two polls of Dagster for a build's new log lines and status.",
+    )
+
     ui_client_id: str = Field(
         "thinkube-catalog-ui",
         min_length=1,
@@ -104,7 +145,9 @@ class CatalogSettings(BaseSettings):
             url = url.set(drivername="postgresql+psycopg")
         return SecretStr(url.render_as_string(hide_password=False))
 
-    @field_validator("token", "oidc_issuer", "oidc_audience", mode="before")
+    @field_validator(
+        "token", "oidc_issuer", "oidc_audience", "dagster_graphql_url", "dagster_ui_url", mode="before"
+    )
     @classmethod
     def _blank_is_unset(cls, value: object) -> object:
         # An exported-but-empty variable must not become an empty (and thus guessable) token.
