@@ -13,5 +13,6 @@ pytest_plugins = [
     "tests.fixtures.hub",
     "tests.fixtures.dagster_server",
     "tests.fixtures.browser",
+    "tests.fixtures.image_stack",
     "tests.fixtures.git_server",
 ]

@@ -4,10 +4,13 @@ A real catalog service serves the page over a SQLite catalog seeded through its 
 Keycloak stand-in signs users in through its login form (authorization code + PKCE from the page, the
 public client `thinkube-catalog-ui`). The tests assert what a user sees: the images in their tabs with
 their badges, build times and digests, the sign-in, and the words the page shows when a rebuild is refused.
+The rebuild itself runs on the shared `image_stack` (a real Dagster webserver and daemon building the test
+images with buildah); with THINKUBE_SCREENSHOTS=1 its test writes the README's docs/catalog-page.png.
 """
 
 from __future__ import annotations
 
+import os
 import re
 import tempfile
 from collections.abc import Iterator
@@ -19,6 +22,7 @@ import requests
 from playwright.sync_api import Page, expect
 
 from tests.fixtures.catalog import CatalogServer, sample_image, start_catalog
+from tests.fixtures.image_stack import REBUILT_IMAGE, RUN_TIMEOUT_S, ImageStack
 from tests.fixtures.network import free_port
 from tests.fixtures.oidc import OidcProvider, running_oidc_provider
 
@@ -44,6 +48,8 @@ OTHER_IMAGE = sample_image(
     metadata={"gpu_required": False, "digest": "sha256:" + "c0de5e4e" * 8},
     last_built=None,
 )
+REPO_ROOT = Path(__file__).resolve().parents[1]
+README_SCREENSHOT = REPO_ROOT / "docs" / "catalog-page.png"
 ADMIN, USER = "image-admin", "hub-user"  # the stand-in's dev-login users: with and without image-rebuilder
 
 
@@ -203,3 +209,91 @@ def test_ui_config_and_page_headers(stack: PageStack) -> None:
     assert f"connect-src 'self' {realm_origin}" in policy
     assert requests.get(f"{stack.catalog.base_url}/static/app.js", timeout=10).status_code == 200
 
+
+def test_a_user_without_the_rebuild_role_is_told_so(stack: PageStack, page: Page) -> None:
+    page.goto(stack.url)
+    sign_in(page, USER)
+    page.get_by_role("button", name="Rebuild ML (GPU)").click()
+    alert = page.get_by_role("alert")
+    expect(alert).to_contain_text("Signed in as hub-user, you may not rebuild images:")
+    expect(alert).to_contain_text(f"lacks the role '{stack.oidc.rebuilder_role}' needed to rebuild images")
+    expect(page.locator("#build")).to_be_hidden()
+
+
+def test_rebuild_without_dagster_says_builds_are_unavailable(stack: PageStack, page: Page) -> None:
+    """This catalog has no Dagster configured: an allowed rebuild is refused with 503, in words."""
+    page.goto(stack.url)
+    sign_in(page, ADMIN)
+    page.get_by_role("button", name="Rebuild ML (CPU)").click()
+    expect(page.get_by_role("alert")).to_contain_text(
+        "Rebuilds are unavailable right now: Builds need Dagster, and THINKUBE_DAGSTER_GRAPHQL_URL is not set"
+    )
+
+
+def test_an_expired_sign_in_asks_to_sign_in_again(stack: PageStack, page: Page) -> None:
+    """A token the catalog no longer accepts (here: one signed by another realm) answers 401: the page
+    forgets it and says to sign in again."""
+    page.goto(stack.url)
+    forged = stack.oidc.mint("access", "dagster", realm="other")
+    page.evaluate(
+        """(token) => sessionStorage.setItem('thinkube-catalog.token',
+             JSON.stringify({access_token: token, expires_at: Date.now() + 60000, username: 'someone'}))""",
+        forged,
+    )
+    page.reload()
+    expect(page.get_by_text("Signed in as someone")).to_be_visible()
+    page.get_by_role("button", name="Rebuild ML (GPU)").click()
+    expect(page.get_by_role("alert")).to_contain_text("Your sign-in was not accepted (")
+    expect(page.get_by_role("alert")).to_contain_text("sign in again to rebuild.")
+    expect(page.get_by_role("button", name="Sign in")).to_be_visible()
+
+
+def test_rebuild_shows_the_live_log_and_the_final_status(
+    image_stack: ImageStack, page: Page, page_errors: list[str], tmp_path: Path
+) -> None:
+    """A signed-in image-admin presses Rebuild: a real run starts on Dagster, its log lines appear on the
+    page while it runs, then its final status, and the card shows the digest the run catalogued."""
+    page.goto(image_stack.page_url)
+    sign_in(page, ADMIN)
+    title = f"Test image {REBUILT_IMAGE}"
+    image_card(page, title).get_by_role("button", name=f"Rebuild {title}").click()
+
+    build = page.get_by_role("region", name=re.compile(rf"^Build of {title}: run "))
+    expect(build).to_be_visible()
+    run_id = build.get_by_role("heading").inner_text().rsplit("run ", 1)[1]
+    log = build.get_by_role("log", name="Build log")
+    status = build.locator("#build-status")
+    # live: the first lines show while the run still runs
+    expect(log).not_to_be_empty(timeout=120_000)
+    assert status.get_attribute("data-status") not in ("SUCCESS", "FAILURE", "CANCELED")
+    expect(status).to_have_text("Succeeded", timeout=RUN_TIMEOUT_S * 1000)
+
+    run = image_stack.dagster.run(run_id)
+    assert run is not None and run["status"] == "SUCCESS", image_stack.dagster.log()
+    assert run["tags"]["thinkube/requested-by"] == ADMIN
+    # the build's own output came through the step's captured log, with the step's name
+    expect(log).to_contain_text(f"[{REBUILT_IMAGE.replace('-', '_')}] STEP 1/")
+    expect(log).to_contain_text(re.compile(r"STEP \d+/\d+: FROM"))
+    expect(build.get_by_role("link", name="Open the run in Dagster")).to_have_attribute(
+        "href", f"{image_stack.dagster.ui_url}/runs/{run_id}"
+    )
+    # the listing was read again once the run ended: the card shows what the run catalogued (the display
+    # name of the image's image.yaml, the new digest)
+    item = requests.get(f"{image_stack.catalog.base_url}/api/v1/images/{REBUILT_IMAGE}", timeout=10).json()
+    rebuilt = image_card(page, item["display_name"])
+    expect(rebuilt.get_by_text(REBUILT_IMAGE, exact=True)).to_be_visible()
+    expect(rebuilt.get_by_text(item["metadata"]["digest"][: len("sha256:") + 12], exact=True)).to_be_visible()
+    assert [error for error in page_errors if error.startswith(image_stack.page_url)] == []
+
+    target = README_SCREENSHOT if os.environ.get("THINKUBE_SCREENSHOTS") == "1" else tmp_path / "page.png"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(target), full_page=True)
+
+
+def test_the_log_of_an_unknown_run_says_so(image_stack: ImageStack, page: Page) -> None:
+    """A link to a build Dagster does not know (the log's WebSocket closes with 4404) says so in words."""
+    page.goto(f"{image_stack.page_url}#build=no-such-run")
+    expect(page.get_by_role("alert")).to_have_text(
+        "The build log is not available: Dagster does not know run no-such-run."
+    )
+    expect(page.locator("#build-status")).to_have_text("Unknown run")
