@@ -84,7 +84,7 @@ test: setup lint  ## run the whole test suite
 demo: setup services base .dagster/pools.stamp  ## set up, then build, publish and catalog $(DEMO_IMAGE) for real
 	$(BIN)/thinkube-pipelines images check
 	$(PIPELINE_ENV) $(BIN)/dagster asset materialize -m thinkube_pipelines.definitions \
-	    --select $(DEMO_IMAGE)/source,$(DEMO_IMAGE)/build,$(DEMO_IMAGE)/published,$(DEMO_IMAGE)/catalog_entry
+	    --select $(DEMO_IMAGE)/build,$(DEMO_IMAGE)/published,$(DEMO_IMAGE)/catalog_entry
 	@echo; echo "registry $(REGISTRY_URL): $(DEMO_IMAGE) tags:"
 	@curl -fsS --netrc-file $(STATE)/registry/netrc $(REGISTRY_URL)/v2/library/$(DEMO_IMAGE)/tags/list; echo
 	@echo "catalog $(CATALOG_URL)/api/v1/images/$(DEMO_IMAGE):"

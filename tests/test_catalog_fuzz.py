@@ -84,6 +84,11 @@ def test_the_served_openapi_document_holds_under_fuzzing(catalog: CatalogServer,
         "1",
         "--request-timeout",
         "10",
+        # The build routes (tag `builds`) need Dagster, which this catalog is not given: they answer the
+        # 503 their contract names for that, which schemathesis counts as a server error.
+        # tests/test_catalog_builds.py tests them against a real Dagster.
+        "--exclude-tag",
+        "builds",
     ]
     env = {**os.environ, "CATALOG_TOKEN": catalog.token or ""}
     result = subprocess.run(

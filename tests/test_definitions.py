@@ -22,6 +22,13 @@ REPO = Path(__file__).resolve().parents[1]
 HUB_ASSETS = ("preflight", "seaweedfs_volumes", "jupyterhub_values", "jupyterhub_release")
 
 
+def observed_keys(images) -> set[dg.AssetKey]:
+    """Each image's observed source, and each root image's observed upstream base."""
+    return {dg.AssetKey([d.name, "source"]) for d in images} | {
+        dg.AssetKey([d.name, "base"]) for d in images if d.spec.base is not None
+    }
+
+
 def asset_graph(definitions: dg.Definitions):
     return definitions.resolve_asset_graph()
 
@@ -31,7 +38,8 @@ def test_the_whole_definitions_object_loads():
     images = load_image_definitions(REPO / "images")
     keys = set(defs.resolve_all_asset_keys())
     hub = {dg.AssetKey(["hub", name]) for name in HUB_ASSETS}
-    assert keys == {dg.AssetKey([d.name, stage]) for d in images for stage in STAGES} | hub
+    made = {dg.AssetKey([d.name, stage]) for d in images for stage in STAGES}
+    assert keys == made | observed_keys(images) | hub
     assert defs.resolve_job_def("build_images") is not None
     assert defs.resolve_job_def("hub_deploy") is not None
     checks = defs.resolve_asset_graph().asset_check_keys
@@ -50,8 +58,7 @@ def test_chain_edges_and_parent_edges():
         assert graph.get(key("published")).parent_keys == {key("build")}
         assert graph.get(key("catalog_entry")).parent_keys == {key("published")}
         expected = {key("source")}
-        if d.spec.parent:
-            expected.add(dg.AssetKey([d.spec.parent, "published"]))
+        expected.add(dg.AssetKey([d.spec.parent, "published"]) if d.spec.parent else key("base"))
         assert graph.get(key("build")).parent_keys == expected
         assert graph.get(key("build")).group_name == d.name.replace("-", "_")
 
@@ -62,7 +69,7 @@ def copy_images(tmp_path: Path) -> Path:
     return target
 
 
-def test_adding_an_image_folder_adds_its_four_assets(tmp_path):
+def test_adding_an_image_folder_adds_its_assets(tmp_path):
     images_dir = copy_images(tmp_path)
     new = images_dir / "jupyter-new-thing"
     shutil.copytree(images_dir / "jupyter-ml-cpu", new)
@@ -71,8 +78,8 @@ def test_adding_an_image_folder_adds_its_four_assets(tmp_path):
     (new / "image.yaml").write_text(yaml.safe_dump(spec))
 
     keys = set(build_definitions(images_dir).resolve_all_asset_keys())
-    assert {dg.AssetKey(["jupyter-new-thing", stage]) for stage in STAGES} <= keys
-    assert len(keys) == len(set(defs.resolve_all_asset_keys())) + 4
+    assert {dg.AssetKey(["jupyter-new-thing", stage]) for stage in (*STAGES, "source")} <= keys
+    assert len(keys) == len(set(defs.resolve_all_asset_keys())) + 4, "3 made, 1 observed (no base: a child)"
 
 
 def test_code_version_follows_the_folder_and_its_parent(tmp_path):
@@ -99,8 +106,10 @@ def test_code_version_follows_the_folder_and_its_parent(tmp_path):
 
 def test_build_steps_share_one_concurrency_pool_and_runs_are_queued():
     graph = asset_graph(defs)
-    # Each image's chain is one step (a multi-asset): all four assets share the pool of its build.
-    pools = {k: set(graph.get(k).pools) for k in defs.resolve_all_asset_keys() if k.path[0] != "hub"}
+    # Each image's chain is one step (a multi-asset): its three made assets share the pool of its build
+    # (observing a folder or a base is light: no pool).
+    made = [k for k in defs.resolve_all_asset_keys() if k.path[0] != "hub" and k.path[1] in STAGES]
+    pools = {k: set(graph.get(k).pools) for k in made}
     assert pools and all(p == {"image_builds"} for p in pools.values())
     # one hub deploy at a time (helm refuses a second operation on a release in progress)
     assert all(set(graph.get(dg.AssetKey(["hub", n])).pools) == {"hub_deploy"} for n in HUB_ASSETS)
@@ -153,7 +162,7 @@ def test_image_assets_carry_owners_tags_and_descriptions():
             assert node.owners == ["team:platform"]
             assert node.tags["thinkube/part"] == "image" and node.tags["thinkube/image"] == d.name
             assert (node.tags.get("thinkube/gpu") == "true") == d.spec.gpu_required
-            assert (node.description and d.spec.display_name in node.description) or stage == "source"
+            assert node.description and d.spec.display_name in node.description
 
 
 def plain_shell(tmp_path: Path) -> dict[str, str]:
@@ -204,7 +213,7 @@ def test_dagster_dev_serves_the_graph_in_a_plain_shell(tmp_path):
         images = load_image_definitions(REPO / "images")
         assert {tuple(n["assetKey"]["path"]) for n in nodes} == {
             (d.name, s) for d in images for s in STAGES
-        } | {("hub", n) for n in HUB_ASSETS}
+        } | {tuple(k.path) for k in observed_keys(images)} | {("hub", n) for n in HUB_ASSETS}
     finally:
         os.killpg(process.pid, signal.SIGTERM)
         try:

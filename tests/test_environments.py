@@ -15,7 +15,7 @@ from tests.fixtures.registry import RegistryServer
 from thinkube_pipelines.defs.resources import resources_for_environment
 
 REPO = Path(__file__).resolve().parents[1]
-CHAIN = "jupyter-base/source,jupyter-base/build,jupyter-base/published,jupyter-base/catalog_entry"
+CHAIN = "jupyter-base/build,jupyter-base/published,jupyter-base/catalog_entry"
 
 
 def _clear(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -186,10 +186,17 @@ def test_cycle_is_reported_once_with_its_path(tmp_path):
     assert "parent: cycle: a -> b -> a" in problem
 
 
-def test_base_must_be_pinned_by_digest(tmp_path):
-    write_image(tmp_path, "img", base={"image": "docker.io/library/python:3.11", "python": "3.11"})
+def test_base_names_a_tag_or_a_digest(tmp_path):
+    """By tag and digest (stays on it), or by tag alone (follows it); a bare repository is neither."""
+    write_image(tmp_path, "img", base={"image": "docker.io/library/python", "python": "3.11"})
     [problem] = problems_of(tmp_path)
-    assert "image.yaml: base.image" in problem
+    assert "image.yaml: base:" in problem and "names neither a tag nor a digest" in problem
+    for index, image in enumerate(
+        ("docker.io/library/python:3.11", f"docker.io/library/python:3.11@{DIGEST}")
+    ):
+        root = tmp_path / f"ok-{index}"
+        write_image(root, "img", base={"image": image, "python": "3.11"})
+        assert load_image_definitions(root, check_locks=False)["img"].spec.base.image == image
 
 
 def test_root_and_parent_are_exclusive(tmp_path):

@@ -24,6 +24,7 @@ from tests.fixtures.network import free_port
 from thinkube_pipelines.builders.debian_base import publish_debian_base
 from thinkube_pipelines.catalog.client import CatalogClient
 from thinkube_pipelines.defs.images.assets import FORCE_REBUILD_TAG, image_assets
+from thinkube_pipelines.defs.images.automation import AutomationSettings
 from thinkube_pipelines.defs.resources import BuildSettings, CatalogResource
 from thinkube_pipelines.images import load_image_definitions
 from thinkube_pipelines.images.lock import PLATFORM, LockInputs, render_lock, sha256_text
@@ -51,6 +52,8 @@ class Pipeline:
     images_dir: Path
     resources: dict
     instance: dg.DagsterInstance
+    automation: AutomationSettings | None = None
+    """No retries unless a test asks for them (a failed step would wait out the retry delay)."""
 
     def materialize(
         self, *keys: str, tags: dict | None = None, **resource_overrides
@@ -58,7 +61,7 @@ class Pipeline:
         images = load_image_definitions(self.images_dir)
         selection = [dg.AssetKey(k.split("/")) for k in keys] if keys else None
         return dg.materialize(
-            image_assets(images),
+            image_assets(images, self.automation),
             selection=selection,
             resources={**self.resources, **resource_overrides},
             instance=self.instance,
@@ -227,9 +230,7 @@ def test_second_materialization_builds_nothing_uploads_nothing_writes_nothing(ch
 def test_forced_rebuild_builds_again_and_never_moves_a_version_tag(chain, registry):
     pipeline, first, _ = chain
     mark = registry.mark()
-    forced = pipeline.materialize(
-        "tk-parent/source", "tk-parent/build", "tk-parent/published", tags={FORCE_REBUILD_TAG: "true"}
-    )
+    forced = pipeline.materialize("tk-parent/build", "tk-parent/published", tags={FORCE_REBUILD_TAG: "true"})
     assert forced.success, failure_message(forced)
     assert materialization(forced, "tk-parent/build").metadata["reused"].value is False
     assert registry.requests("POST", r"^/v2/library/tk-parent/blobs/uploads/$", since=mark), "it built"
@@ -397,6 +398,29 @@ def test_broken_dockerfile_fails_build_naming_the_step(
     assert "exit status 3" in message, "the log tail should come with the failing step"
     assert pipeline.registry_client().digest_of("library/tk-broken", "latest") is None
     assert CatalogClient(catalog.base_url).list() == []
+    catalog.stop()
+
+
+def test_a_failed_build_is_retried_per_the_policy_and_does_not_stop_the_other_images(
+    tmp_path, buildah_builder, buildah_runner, registry_debian_base, registry, catalog_server
+):
+    catalog = catalog_server(f"sqlite:///{tmp_path / 'catalog.db'}")
+    pipeline = make_pipeline(
+        images_dir(tmp_path, "tk-broken", "tk-parent"),
+        buildah_builder,
+        buildah_runner,
+        registry_debian_base,
+        registry,
+        catalog,
+    )
+    pipeline.automation = AutomationSettings(retries=1, retry_delay_s=0)
+    result = pipeline.materialize()
+    assert not result.success
+    restarts = [e.step_key for e in result.all_events if e.event_type == dg.DagsterEventType.STEP_RESTARTED]
+    assert restarts == ["tk_broken"], "the failed build tried once more, the good one ran once"
+    failures = [e.step_key for e in result.all_events if e.event_type == dg.DagsterEventType.STEP_FAILURE]
+    assert failures == ["tk_broken"]
+    assert [i.name for i in CatalogClient(catalog.base_url).list()] == ["tk-parent"], "the other image"
     catalog.stop()
 
 

@@ -263,7 +263,7 @@ def test_a_build_killed_by_oom_fails_the_step_naming_job_pod_node_and_nothing_is
         namespace=k8s_namespace,
         selector=BUILD_SELECTOR,
     )
-    result = materialize(images, f"{ROOT}/source", f"{ROOT}/build", f"{ROOT}/published")
+    result = materialize(images, f"{ROOT}/build", f"{ROOT}/published")
     assert not result.success
     message = failure_message(result)
     [job] = k8s_batch.list_namespaced_job(k8s_namespace, label_selector=BUILD_SELECTOR).items  # kept
@@ -294,7 +294,7 @@ def test_a_build_no_gpu_node_can_take_fails_quoting_the_scheduler_and_builds_not
     )
     cluster_env.setenv("THINKUBE_JOB_SCHEDULE_TIMEOUT_S", "2")
     images = write_images(tmp_path)
-    result = materialize(images, f"{ROOT}/source", f"{ROOT}/build")
+    result = materialize(images, f"{ROOT}/build")
     assert not result.success
     message = failure_message(result)
     assert "was not scheduled within 2 s: FailedScheduling: 0/4 nodes are available: " in message
@@ -403,7 +403,7 @@ def test_an_evicted_build_pod_is_retried_by_its_job_and_the_image_is_published(
     )
     images = write_images(tmp_path)
     instance = dg.DagsterInstance.ephemeral()
-    result = materialize(images, f"{ROOT}/source", f"{ROOT}/build", f"{ROOT}/published", instance=instance)
+    result = materialize(images, f"{ROOT}/build", f"{ROOT}/published", instance=instance)
     assert result.success, failure_message(result)
     build = materialization(result, f"{ROOT}/build").metadata
     assert "STEP" in build["log_tail"].value

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 from pathlib import Path
 
 import yaml
@@ -58,6 +59,37 @@ def load_image_definitions(images_dir: Path | str, *, check_locks: bool = True) 
     if problems:
         raise ImageDefinitionError(problems)
     return ImageSet(tuple(ordered))
+
+
+def reload_changed(images: ImageSet, images_dir: Path, changed: list[str]) -> ImageSet:
+    """`images` as `images_dir` holds them now, given that only the folders named in `changed` differ from
+    what `images` was loaded from: those folders are loaded again and checked as `load_image_definitions`
+    checks them (fields, requirements, Dockerfile, parents, pins, and the locks of the changed images and
+    of the images built FROM them); the other definitions are taken as they are (their files are the same
+    bytes). Raises ImageDefinitionError as `load_image_definitions` does; the caller compares the graph."""
+    problems: list[Problem] = []
+    by_folder = {d.folder.name: replace(d, folder=images_dir / d.folder.name) for d in images}
+    touched: set[str] = set()
+    for folder_name in changed:
+        definition = _load_folder(images_dir / folder_name, problems)
+        if definition is not None:
+            by_folder[folder_name] = definition
+            touched.add(definition.name)
+    if problems:
+        raise ImageDefinitionError(problems)
+    by_name = _reject_duplicates(list(by_folder.values()), problems)
+    _check_parents(by_name, {}, problems)
+    ordered = _parents_first(by_name, problems)
+    if problems:
+        raise ImageDefinitionError(problems)
+    current = ImageSet(tuple(ordered))
+    affected = touched | {d.name for name in touched for d in current.descendants(name)}
+    _check_pins_agree_with_ancestors(current, problems, only=affected)
+    if not problems:
+        problems.extend(lock_problems(current, names=affected))
+    if problems:
+        raise ImageDefinitionError(problems)
+    return current
 
 
 def _load_folder(folder: Path, problems: list[Problem]) -> ImageDefinition | None:
@@ -179,10 +211,14 @@ def _parents_first(by_name: dict[str, ImageDefinition], problems: list[Problem])
     return ordered
 
 
-def _check_pins_agree_with_ancestors(images: ImageSet, problems: list[Problem]) -> None:
+def _check_pins_agree_with_ancestors(
+    images: ImageSet, problems: list[Problem], only: set[str] | None = None
+) -> None:
     """A child re-pinning a package its parent already pins to another version would silently replace
-    the parent's; report it where it is written."""
+    the parent's; report it where it is written (for the images in `only`, when given)."""
     for d in images:
+        if only is not None and d.name not in only:
+            continue
         inherited = {p.key: (p, a) for a in images.ancestors(d.name) for p in a.requirements}
         for pin in d.requirements:
             if pin.key in inherited and inherited[pin.key][0].version != pin.version:

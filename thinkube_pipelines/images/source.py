@@ -7,14 +7,32 @@ hash the UI shows and the context a builder receives can never disagree.
 from __future__ import annotations
 
 import hashlib
+import os
+from pathlib import Path
 
-from thinkube_pipelines.builders.base import BuildContext
+from thinkube_pipelines.builders.base import BuildContext, context_files
 from thinkube_pipelines.images.spec import ImageDefinition, ImageSet
 
 
 def folder_digest(definition: ImageDefinition) -> str:
     """The digest of the image folder's build context."""
     return BuildContext.from_folder(definition.folder).digest
+
+
+def folder_content_hash(folder: Path) -> str:
+    """The content hash of an image folder as its sources are observed: every file of its build context
+    (the same files, path, executable bit and bytes), hashed as a stream. Any change to what a build would
+    receive changes it; it costs reading the files once, without building the context archive."""
+    digest = hashlib.sha256()
+    root = os.fspath(folder)
+    for relative in context_files(folder):
+        path = os.path.join(root, str(relative))
+        executable = os.access(path, os.X_OK)
+        with open(path, "rb") as handle:
+            data = handle.read()
+        digest.update(f"{relative}\0{'x' if executable else '-'}\0{len(data)}\0".encode())
+        digest.update(data)
+    return "sha256:" + digest.hexdigest()
 
 
 def chained_hash(parent_hash: str | None, own: str) -> str:

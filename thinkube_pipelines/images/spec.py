@@ -25,12 +25,21 @@ PARENT_IMAGE_ARG = "PARENT_IMAGE"
 
 
 class BaseImage(BaseModel):
-    """The upstream image a root image is built FROM, pinned by digest so a rebuild is reproducible."""
+    """The upstream image a root image is built FROM: `repo:tag@sha256:...` stays on that digest (a rebuild
+    is reproducible; the nightly observation only reports a newer digest of the tag), `repo:tag` follows
+    the tag (each build, and each nightly observation, resolves it to its current digest)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    image: Annotated[str, Field(pattern=r"^[^\s@]+@sha256:[0-9a-f]{64}$")]
+    image: Annotated[str, Field(pattern=r"^[^\s@]+(@sha256:[0-9a-f]{64})?$")]
+    """registry/repository with a tag, a digest, or both."""
     python: Annotated[str, Field(pattern=r"^3\.[0-9]+$")]
+
+    @model_validator(mode="after")
+    def _tag_or_digest(self) -> BaseImage:
+        if "@sha256:" not in self.image and ":" not in self.image.rpartition("/")[2]:
+            raise ValueError(f"{self.image!r} names neither a tag nor a digest: add :tag, @sha256:..., both")
+        return self
 
 
 class ImageSpec(BaseModel):

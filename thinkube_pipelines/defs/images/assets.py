@@ -1,11 +1,13 @@
 """The asset factory: one chain `<image>/source -> build -> published -> catalog_entry` per image folder.
 
-Adding a folder to images/ adds its chain; nothing here names an image. The four assets of an image and
-its blocking smoke check are one multi-asset (one step, subsettable: a run may select any of them), so
-that a code location with hundreds of images loads fast; a child's chain depends on its parent's
-`published` asset and builds FROM the digest that asset recorded. Stages hand nothing to each other in
-memory or on disk: each records what it made (records.py) and the next reads that record from the
-instance, the registry or the catalog, in this run or a later one.
+Adding a folder to images/ adds its chain; nothing here names an image. `<image>/source` (and a root
+image's `<image>/base`) are observed, not made (sources.py, automation.py); the three assets an image's
+pipeline makes and its blocking checks are one multi-asset (one step, subsettable: a run may select any
+of them), so that a code location with hundreds of images loads fast; a child's chain depends on its
+parent's `published` asset and builds FROM the digest that asset recorded. Each made asset carries the
+automation condition of automation.py. Stages hand nothing to each other in memory or on disk: each
+records what it made (records.py) and the next reads that record from the instance, the registry or the
+catalog, in this run or a later one.
 """
 
 import re
@@ -21,7 +23,12 @@ from thinkube_pipelines.builders.base import (
     BuildError,
     ImageBuilder,
     ImageRunner,
-    context_files,
+)
+from thinkube_pipelines.defs.images.automation import (
+    BASE_STAGE,
+    BUILD_CONDITION,
+    AutomationSettings,
+    upstream_bases,
 )
 from thinkube_pipelines.defs.images.build_plan import (
     BaseResolutionError,
@@ -31,6 +38,7 @@ from thinkube_pipelines.defs.images.build_plan import (
 )
 from thinkube_pipelines.defs.images.catalog_item import catalog_upsert
 from thinkube_pipelines.defs.images.checks import check_specs, gpu_check, smoke_check
+from thinkube_pipelines.defs.images.jobs import FORCE_REBUILD_TAG
 from thinkube_pipelines.defs.images.keys import (
     BUILD_POOL,
     IMAGE_PART,
@@ -41,7 +49,8 @@ from thinkube_pipelines.defs.images.keys import (
     group_name,
     smoke_check_key,
 )
-from thinkube_pipelines.defs.images.records import BuiltImage, ImageSource, PublishedImage, log_block
+from thinkube_pipelines.defs.images.records import BuiltImage, PublishedImage, log_block
+from thinkube_pipelines.defs.images.sources import SOURCE_STAGE, ImageSource, image_sources, observed_commit
 from thinkube_pipelines.defs.images.thinkube_control import PublishedFacts, manifest_configmap
 from thinkube_pipelines.defs.resources import (
     CATALOG_TARGET,
@@ -51,15 +60,13 @@ from thinkube_pipelines.defs.resources import (
     CatalogResource,
 )
 from thinkube_pipelines.images import ImageDefinition, ImageSet
-from thinkube_pipelines.images.source import source_hash, source_hashes
+from thinkube_pipelines.images.source import source_hashes
 from thinkube_pipelines.kubernetes.cluster import KUBECONFIG_ENV, KubernetesCluster, KubernetesError
 from thinkube_pipelines.registry.resource import Registry
 
 if TYPE_CHECKING:
     from thinkube_pipelines.registry.client import RegistryClient
 
-FORCE_REBUILD_TAG = "thinkube/force-rebuild"
-"""Run tag: `true` builds even when the registry already serves the build key (e.g. for fresh packages)."""
 MILESTONE = re.compile(
     r"STEP \d+/\d+: |^#\d+ \[[^\]]+\] |^Writing manifest|^digest: sha256:|\b(error|fatal)\b", re.IGNORECASE
 )
@@ -86,14 +93,23 @@ class BuildLog:
             self._log.info(line)
 
 
-def image_chain(images: ImageSet, definition: ImageDefinition, code_version: str) -> dg.AssetsDefinition:
-    """The four assets of one image and its smoke check; `code_version` is its folder's hash chained with
-    its parent's."""
+def image_chain(
+    images: ImageSet,
+    definition: ImageDefinition,
+    code_version: str,
+    retry_policy: dg.RetryPolicy | None = None,
+    source: ImageSource | None = None,
+) -> dg.AssetsDefinition:
+    """The three made assets of one image and its checks; `code_version` is its folder's hash chained with
+    its parent's. Its `<image>/source` (and a root's `<image>/base`) are observed, not made (sources.py,
+    automation.py)."""
     name = definition.name
     spec = definition.spec
-    source_key, build_key = asset_key(name, "source"), asset_key(name, "build")
+    source_key, build_key = asset_key(name, SOURCE_STAGE), asset_key(name, "build")
     published_key, entry_key = asset_key(name, "published"), asset_key(name, "catalog_entry")
     parent_key = asset_key(spec.parent, "published") if spec.parent else None
+    # What it builds FROM: the parent's published digest, or the root's observed upstream base.
+    upstream_key = parent_key or asset_key(name, BASE_STAGE)
     common = {
         "group_name": group_name(name),
         "owners": OWNERS,
@@ -103,24 +119,6 @@ def image_chain(images: ImageSet, definition: ImageDefinition, code_version: str
             **({"thinkube/gpu": "true"} if spec.gpu_required else {}),
         },
     }
-
-    def source(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
-        files = context_files(definition.folder)
-        build_context = BuildContext.from_files(definition.folder, files)
-        current = source_hash(images, name, own_digest=build_context.digest)
-        if current != code_version:
-            context.log.warning(
-                f"{name}: files changed since the code location loaded; reload it to see them"
-            )
-        record = ImageSource(
-            image_name=name,
-            context_digest=build_context.digest,
-            source_hash=current,
-            files=len(files),
-        )
-        return dg.MaterializeResult(
-            asset_key=source_key, metadata=record.metadata(), data_version=dg.DataVersion(current)
-        )
 
     def build(
         context: dg.AssetExecutionContext,
@@ -139,7 +137,7 @@ def image_chain(images: ImageSet, definition: ImageDefinition, code_version: str
         repository = registry.repository(name)
         plan = plan_build(
             definition,
-            context=BuildContext.from_folder(definition.folder),
+            context=build_context(context),
             from_image=from_image,
             registry_host=registry.host,
             repository=repository,
@@ -175,6 +173,17 @@ def image_chain(images: ImageSet, definition: ImageDefinition, code_version: str
         return dg.MaterializeResult(
             asset_key=build_key, metadata=metadata, data_version=dg.DataVersion(digest)
         )
+
+    def build_context(context: dg.AssetExecutionContext) -> BuildContext:
+        """The image folder's files as the build receives them: from a git source, those of the commit its
+        latest source observation recorded (what was observed is what is built); else the folder's."""
+        commit = observed_commit(context.instance, name) if source is not None and source.remote else None
+        if commit is None:
+            return BuildContext.from_folder(definition.folder)
+        assert source is not None
+        with source.folder_at(commit) as images_root:
+            context.log.info(f"{name}: building the files of commit {commit} of {source.describe()}")
+            return BuildContext.from_folder(images_root / definition.folder.name)
 
     def _recorded_build(context: dg.AssetExecutionContext, digest: str) -> BuiltImage | None:
         """This asset's own latest record when it already holds `digest`: a reused build's facts without
@@ -226,6 +235,7 @@ def image_chain(images: ImageSet, definition: ImageDefinition, code_version: str
             raise dg.Failure(
                 description=f"registry {registry.url}: version tag {repository}:{version} already names "
                 f"{current}; version tags never move, so {built.digest} cannot take it",
+                allow_retries=False,
             )
         tags = [version, *build_settings.moving_tags]
         for tag in tags:
@@ -329,16 +339,10 @@ def image_chain(images: ImageSet, definition: ImageDefinition, code_version: str
 
     specs = [
         dg.AssetSpec(
-            source_key,
-            code_version=code_version,
-            kinds={"file"},
-            description=f"The files of images/{definition.folder.name}/, identified by their content hash.",
-            **common,
-        ),
-        dg.AssetSpec(
             build_key,
-            deps=[source_key, *([parent_key] if parent_key else [])],
+            deps=[source_key, upstream_key],
             code_version=code_version,
+            automation_condition=BUILD_CONDITION,
             kinds={"docker"},
             description=f"{spec.display_name}: built from its Dockerfile and pushed under `build-<key>`; "
             "not built again while the registry serves that key.",
@@ -348,6 +352,7 @@ def image_chain(images: ImageSet, definition: ImageDefinition, code_version: str
             published_key,
             deps=[build_key],
             kinds={"docker"},
+            automation_condition=BUILD_CONDITION,
             description=f"{spec.display_name}: digest verified in the registry and tagged with its "
             "immutable version tag (and the moving tags).",
             **common,
@@ -356,6 +361,7 @@ def image_chain(images: ImageSet, definition: ImageDefinition, code_version: str
             entry_key,
             deps=[published_key],
             kinds={"api"},
+            automation_condition=BUILD_CONDITION,
             description=f"{spec.display_name}: its item in the image catalog, which the hub reads at "
             "spawn time, and/or its ConfigMap for thinkube-control's image discovery "
             "(THINKUBE_REGISTRATION).",
@@ -366,9 +372,10 @@ def image_chain(images: ImageSet, definition: ImageDefinition, code_version: str
     @dg.multi_asset(
         name=group_name(name),
         specs=specs,
-        check_specs=check_specs(definition),
+        check_specs=check_specs(definition, BUILD_CONDITION),
         can_subset=True,
         pool=BUILD_POOL,
+        retry_policy=retry_policy,
         description=f"The chain of image {name}: whichever of its assets the run selects, in order.",
     )
     def chain(
@@ -380,8 +387,6 @@ def image_chain(images: ImageSet, definition: ImageDefinition, code_version: str
         build_settings: BuildSettings,
     ) -> Iterator[dg.MaterializeResult | dg.AssetCheckResult]:
         selected = context.selected_asset_keys
-        if source_key in selected:
-            yield source(context)
         if build_key in selected:
             yield build(context, builder, registry, build_settings)
         checks = context.selected_asset_check_keys
@@ -393,7 +398,8 @@ def image_chain(images: ImageSet, definition: ImageDefinition, code_version: str
             if not result.passed and result.severity == dg.AssetCheckSeverity.ERROR:
                 raise dg.Failure(
                     description=f"{name}: the {key.name} check failed, nothing is published: "
-                    f"{result.description}"
+                    f"{result.description}",
+                    allow_retries=False,  # the same digest fails the same check again
                 )
         if published_key in selected:
             yield published(context, registry, build_settings)
@@ -403,6 +409,14 @@ def image_chain(images: ImageSet, definition: ImageDefinition, code_version: str
     return chain
 
 
-def image_assets(images: ImageSet) -> list[dg.AssetsDefinition]:
+def image_assets(
+    images: ImageSet, automation: AutomationSettings | None = None, source: ImageSource | None = None
+) -> list[dg.AssetsDefinition]:
+    """Every image's chain, the observed sources of all of them, and the root images' upstream bases;
+    `automation` gives the retry policy (None: no retries), `source` where the folders come from (None:
+    the folders `images` was loaded from)."""
     hashes = source_hashes(images)
-    return [image_chain(images, definition, hashes[definition.name]) for definition in images]
+    policy = automation.retry_policy() if automation else None
+    chains = [image_chain(images, d, hashes[d.name], policy, source) for d in images]
+    bases = upstream_bases(images)
+    return [image_sources(images), *([bases] if bases else []), *chains]

@@ -31,26 +31,74 @@ class BaseResolutionError(ValueError):
     """The image a root image builds FROM cannot be pinned to a digest."""
 
 
-def pinned_base(definition: ImageDefinition, base_mirror: str | None, registry: RegistryClient) -> str:
-    """The digest reference a root image builds FROM: its base from image.yaml (pinned by digest), or the
-    operator's mirror of it resolved to its current digest in our registry (one manifest request)."""
+UPSTREAM_HOSTS = {"docker.io": "registry-1.docker.io"}
+"""Hosts whose registry API answers under another name."""
+
+
+@dataclass(frozen=True)
+class BaseReference:
+    """An image reference split into its parts: `host/repository[:tag][@digest]`."""
+
+    host: str
+    repository: str
+    tag: str | None
+    digest: str | None
+
+    @classmethod
+    def parse(cls, reference: str) -> BaseReference:
+        host = registry_host_of(reference)
+        rest = reference[len(host) + 1 :]
+        rest, _, digest = rest.partition("@")
+        repository, _, tag = rest.partition(":")
+        return cls(host, repository, tag or None, digest or None)
+
+    def by_digest(self, digest: str) -> str:
+        return f"{self.host}/{self.repository}@{digest}"
+
+    def __str__(self) -> str:
+        return (
+            f"{self.host}/{self.repository}"
+            + (f":{self.tag}" if self.tag else "")
+            + (f"@{self.digest}" if self.digest else "")
+        )
+
+
+def base_reference(definition: ImageDefinition, base_mirror: str | None) -> BaseReference:
+    """What a root image builds FROM: the operator's mirror (THINKUBE_BASE_MIRROR), else image.yaml's base."""
     assert definition.spec.base is not None, "only root images have a base"
-    reference = base_mirror or definition.spec.base.image
-    if "@sha256:" in reference:
-        return reference
-    if registry_host_of(reference) != registry.host:
-        raise BaseResolutionError(
-            f"base image {reference!r} (THINKUBE_BASE_MIRROR) names neither a digest nor an image in the "
-            f"registry {registry.url}; pin it by digest or publish it there"
-        )
-    repository, _, tag = reference.partition("/")[2].partition(":")
-    digest = registry.digest_of(repository, tag or "latest")
+    return BaseReference.parse(base_mirror or definition.spec.base.image)
+
+
+def tag_digest(reference: BaseReference, ours: RegistryClient) -> str:
+    """The digest `reference`'s tag names now (one manifest request): through our registry's client when it
+    lives there, else anonymously at its upstream registry. BaseResolutionError naming it otherwise."""
+    from thinkube_pipelines.registry.client import RegistryClient, RegistryError
+
+    assert reference.tag is not None
+    if reference.host == ours.host:
+        client, where = ours, f"the registry {ours.url}"
+    else:
+        host = UPSTREAM_HOSTS.get(reference.host, reference.host)
+        client, where = RegistryClient(f"https://{host}"), f"its registry https://{host}"
+    try:
+        digest = client.digest_of(reference.repository, reference.tag)
+    except RegistryError as exc:
+        raise BaseResolutionError(f"base image {reference}: {exc}") from exc
     if digest is None:
-        raise BaseResolutionError(
-            f"base image {reference!r} (THINKUBE_BASE_MIRROR) is not in the registry {registry.url}; "
-            "publish it there first (`make base` does so for the local Debian base)"
-        )
-    return f"{registry.host}/{repository}@{digest}"
+        hint = " (`make base` publishes the local Debian base)" if client is ours else ""
+        raise BaseResolutionError(f"base image {reference} is not in {where}{hint}")
+    return digest
+
+
+def pinned_base(definition: ImageDefinition, base_mirror: str | None, registry: RegistryClient) -> str:
+    """The digest reference a root image builds FROM: its base by the digest it names, or, named by tag
+    alone, by the digest that tag names now."""
+    assert definition.spec.base is not None, "only root images have a base"
+    raw = base_mirror or definition.spec.base.image
+    if "@sha256:" in raw:
+        return raw
+    reference = BaseReference.parse(raw)
+    return reference.by_digest(tag_digest(reference, registry))
 
 
 @dataclass(frozen=True)

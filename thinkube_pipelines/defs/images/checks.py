@@ -39,14 +39,18 @@ def smoke_commands(definition: ImageDefinition) -> list[str]:
     return [SINGLEUSER_COMMAND] + ([GPU_CHECK_COMMAND] if definition.spec.gpu_required else [])
 
 
-def check_specs(definition: ImageDefinition) -> list[dg.AssetCheckSpec]:
-    """The blocking checks of `definition`'s build: smoke, and the GPU test for a gpu_required image."""
+def check_specs(
+    definition: ImageDefinition, automation_condition: dg.AutomationCondition | None = None
+) -> list[dg.AssetCheckSpec]:
+    """The blocking checks of `definition`'s build: smoke, and the GPU test for a gpu_required image; they
+    carry the build's automation condition, so an automated build is checked like a manual one."""
     build = asset_key(definition.name, "build")
     specs = [
         dg.AssetCheckSpec(
             SMOKE_CHECK,
             asset=build,
             blocking=True,
+            automation_condition=automation_condition,
             description=f"Runs the pushed image: {', '.join(smoke_commands(definition))} present and every "
             "requirement imports. Runs once per digest.",
         )
@@ -57,6 +61,7 @@ def check_specs(definition: ImageDefinition) -> list[dg.AssetCheckSpec]:
                 GPU_CHECK,
                 asset=build,
                 blocking=True,
+                automation_condition=automation_condition,
                 description=f"Runs `{GPU_CHECK_COMMAND}` in the pushed image with exactly {GPU_TEST_GPUS} "
                 "GPU: PyTorch sees a CUDA device and a matrix product on it matches the CPU's. Runs once per "
                 f"digest; {GPU_TEST_ENV}=false (no GPU at hand) reports it as not run, without blocking.",

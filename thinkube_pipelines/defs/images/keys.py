@@ -4,14 +4,18 @@ import re
 
 import dagster as dg
 
-STAGES = ("source", "build", "published", "catalog_entry")
-"""The assets of one image, in the order they are made."""
+STAGES = ("build", "published", "catalog_entry")
+"""The assets the pipeline makes of one image, in the order it makes them."""
+OBSERVED_STAGES = ("source", "base")
+"""What it observes of one image: its folder (`source`) and, for a root image, its upstream base (`base`)."""
 BUILD_POOL = "image_builds"
 """Dagster concurrency pool of every image chain: builds are heavy, the instance caps how many run at once."""
 PART_TAG = "thinkube/part"
 """Asset tag that says which part of the platform an asset belongs to (`image`, later `hub`)."""
 IMAGE_PART = "image"
 OWNERS = ["team:platform"]
+OBSERVED_TAG = "thinkube/observed"
+"""Asset tag (`true`) of what the pipeline observes and never makes: image sources, upstream bases."""
 SMOKE_CHECK = "smoke"
 GPU_CHECK = "gpu"
 

@@ -66,17 +66,6 @@ class Record(BaseModel):
             ) from exc
 
 
-class ImageSource(Record):
-    """`<image>/source`: the image folder's content (its build context's digest)."""
-
-    image_name: str
-    context_digest: str
-    """sha256 of the reproducible context archive: the folder's content hash."""
-    source_hash: str
-    """The content hash chained with the parent's: what the UI shows as the code version."""
-    files: int
-
-
 class BuiltImage(Record):
     """`<image>/build`: an image in the registry under its build tag, not yet promoted to any public tag."""
 
