@@ -127,6 +127,27 @@ def test_a_changed_requirements_file_is_not_built_until_it_is_locked_then_only_t
     assert automation.evaluate() == chains("tk-child")
 
 
+def test_a_change_during_a_build_of_that_image_is_recorded_when_the_build_ends(automation):
+    """Recorded while the run builds the image, the change would count as handled by that run's own
+    materialization; the sensor waits for the run to end, then records it and the image is rebuilt."""
+    building = _run(
+        automation.instance,
+        "build_images",
+        {"thinkube/run-kind": "image-build"},
+        asset_selection=frozenset(chains("tk-parent")),
+    )
+    dockerfile = automation.images / "tk-parent" / "Dockerfile"
+    dockerfile.write_text(dockerfile.read_text() + "# changed during its build\n")
+    waiting = automation.tick_sensor(SOURCE_SENSOR)
+    assert "recorded once the runs building them end: tk-parent" in waiting.skip_reason.skip_message
+    assert not waiting.asset_events
+    assert automation.evaluate() == set()
+    automation.instance.report_run_canceled(building)
+    result = automation.tick_sensor(SOURCE_SENSOR)
+    assert [e.asset_key for e in result.asset_events] == [dg.AssetKey(["tk-parent", "source"])]
+    assert automation.evaluate() == chains("tk-parent", "tk-child", "tk-smoke-fail")
+
+
 def test_an_invalid_field_fails_the_tick_naming_file_and_field(automation):
     spec = automation.images / "tk-other" / "image.yaml"
     spec.write_text(spec.read_text().replace("gpu_required: false", "gpu_required: maybe"))
@@ -285,11 +306,15 @@ def test_new_digests_request_one_hub_deploy_and_never_two(automation):
     assert _deploy_requests(auto.tick_sensor(REDEPLOY_SENSOR)) == []
 
 
-def _run(instance: dg.DagsterInstance, job: str, tags: dict[str, str]) -> dg.DagsterRun:
-    """A run created and not started yet (what the sensor reads of runs)."""
+def _run(instance: dg.DagsterInstance, job: str, tags: dict[str, str], asset_selection=None) -> dg.DagsterRun:
+    """A run created and not started yet (what the sensors read of runs)."""
     return instance.add_run(
         dg.DagsterRun(
-            job_name=job, run_id=make_new_run_id(), tags=tags, status=dg.DagsterRunStatus.NOT_STARTED
+            job_name=job,
+            run_id=make_new_run_id(),
+            tags=tags,
+            status=dg.DagsterRunStatus.NOT_STARTED,
+            asset_selection=asset_selection,
         )
     )
 

@@ -10,7 +10,7 @@ import hashlib
 import os
 from pathlib import Path
 
-from thinkube_pipelines.builders.base import BuildContext, context_files
+from thinkube_pipelines.builders.base import IGNORED_PARTS, BuildContext
 from thinkube_pipelines.images.spec import ImageDefinition, ImageSet
 
 
@@ -21,18 +21,33 @@ def folder_digest(definition: ImageDefinition) -> str:
 
 def folder_content_hash(folder: Path) -> str:
     """The content hash of an image folder as its sources are observed: every file of its build context
-    (the same files, path, executable bit and bytes), hashed as a stream. Any change to what a build would
-    receive changes it; it costs reading the files once, without building the context archive."""
+    (the files `context_files` lists: `IGNORED_PARTS` left out), its relative path, whether it is
+    executable, and its bytes, hashed as a stream. Any change to what a build would receive changes it.
+    The source sensor hashes every folder on every tick, so this walks with `os.scandir` (one stat per
+    file) instead of listing the context first."""
     digest = hashlib.sha256()
-    root = os.fspath(folder)
-    for relative in context_files(folder):
-        path = os.path.join(root, str(relative))
-        executable = os.access(path, os.X_OK)
+    for relative, path, mode in _walk(os.fspath(folder), ""):
         with open(path, "rb") as handle:
             data = handle.read()
-        digest.update(f"{relative}\0{'x' if executable else '-'}\0{len(data)}\0".encode())
+        digest.update(f"{relative}\0{'x' if mode & 0o111 else '-'}\0{len(data)}\0".encode())
         digest.update(data)
     return "sha256:" + digest.hexdigest()
+
+
+def _walk(directory: str, prefix: str) -> list[tuple[str, str, int]]:
+    """(relative path, path, mode) of every file under `directory`, sorted by relative path."""
+    found: list[tuple[str, str, int]] = []
+    with os.scandir(directory) as entries:
+        for entry in entries:
+            if entry.name in IGNORED_PARTS:
+                continue
+            relative = prefix + entry.name
+            if entry.is_dir(follow_symlinks=False):
+                found.extend(_walk(entry.path, relative + "/"))
+            elif entry.is_file():
+                found.append((relative, entry.path, entry.stat().st_mode))
+    found.sort()
+    return found
 
 
 def chained_hash(parent_hash: str | None, own: str) -> str:

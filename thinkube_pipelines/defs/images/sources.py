@@ -210,23 +210,56 @@ def observed_commit(instance: dg.DagsterInstance, name: str) -> str | None:
 
 
 def source_observations(
-    look: SourceLook, cursor: SourceCursor, images: ImageSet
+    look: SourceLook, cursor: SourceCursor, images: ImageSet, deferred: frozenset[str] = frozenset()
 ) -> tuple[list[dg.AssetObservation], SourceCursor]:
-    """The observations a tick records (the images whose folder's hash changed) and the cursor after."""
+    """The observations a tick records (the images whose folder's hash changed) and the cursor after.
+    The images in `deferred` are not recorded yet: the cursor keeps their old hash, so a later tick
+    records them."""
     names = {d.folder.name: d.name for d in images}
-    events = [
-        observation(names[folder], look.hashes[folder], look)
-        for folder in changed_images(look, cursor)
-        if folder in names
-    ]
-    return events, SourceCursor(hashes=dict(look.hashes), commit=look.commit)
+    hashes = dict(look.hashes)
+    events = []
+    waited = False
+    for folder in changed_images(look, cursor):
+        if folder not in names:
+            continue
+        if names[folder] in deferred:
+            waited = True
+            if folder in cursor.hashes:
+                hashes[folder] = cursor.hashes[folder]
+            else:
+                hashes.pop(folder)
+            continue
+        events.append(observation(names[folder], look.hashes[folder], look))
+    # a git source looks at the same commit again while a change of it waits
+    return events, SourceCursor(hashes=hashes, commit=cursor.commit if waited else look.commit)
+
+
+def images_being_built(instance: dg.DagsterInstance) -> frozenset[str]:
+    """The images whose build a queued or running run holds. A change recorded while that run builds would
+    be taken as handled when the run finishes (Dagster's eager condition resets on the asset's own
+    update), so the sensor records such a change once the run has ended."""
+    runs = instance.get_runs(
+        filters=dg.RunsFilter(
+            statuses=[
+                dg.DagsterRunStatus.QUEUED,
+                dg.DagsterRunStatus.NOT_STARTED,
+                dg.DagsterRunStatus.STARTING,
+                dg.DagsterRunStatus.STARTED,
+            ]
+        ),
+        limit=100,
+    )
+    return frozenset(
+        key.path[0] for run in runs for key in (run.asset_selection or ()) if key.path[-1] == "build"
+    )
 
 
 def source_tick(
-    source: ImageSource, images: ImageSet, cursor: SourceCursor
+    source: ImageSource, images: ImageSet, cursor: SourceCursor, deferred: frozenset[str] = frozenset()
 ) -> tuple[list[dg.AssetObservation], SourceCursor | None, str]:
     """One look at the source: the observations to record, the cursor after them (None: keep it) and a
-    line saying what was seen. SourceChangeError when the change cannot be built (nothing recorded)."""
+    line saying what was seen; the changes of `deferred` images wait for a later tick. SourceChangeError
+    when the change cannot be built (nothing recorded)."""
     with source.look(cursor) as look:
         if look is None:
             return [], None, f"{source.describe()}: still at commit {(cursor.commit or '')[:12]}"
@@ -236,8 +269,12 @@ def source_tick(
             after = SourceCursor(hashes=cursor.hashes, commit=look.commit) if look.commit else None
             return [], after, f"no change in the {len(look.hashes)} image folders of {look.where}"
         check_loadable(look, images, changed, gone)
-        events, after = source_observations(look, cursor, images)
-        return events, after, f"{look.where}: changed: {', '.join(changed) or 'none'}"
+        events, after = source_observations(look, cursor, images, deferred)
+        waiting = sorted(deferred & {d.name for d in images if d.folder.name in changed})
+        said = f"{look.where}: changed: {', '.join(changed) or 'none'}"
+        if waiting:
+            said += f"; recorded once the runs building them end: {', '.join(waiting)}"
+        return events, after, said
 
 
 def image_sources_sensor(
@@ -258,7 +295,8 @@ def image_sources_sensor(
         "that image and the images built FROM it. An invalid change fails the tick, naming file and field.",
     )
     def sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult | dg.SkipReason:
-        events, after, said = source_tick(source, images, SourceCursor.parse(context.cursor))
+        cursor = SourceCursor.parse(context.cursor)
+        events, after, said = source_tick(source, images, cursor, images_being_built(context.instance))
         if not events:
             if after is None:
                 return dg.SkipReason(said)
