@@ -5,8 +5,8 @@
     python -m bench --quick         the load benchmark at 50 folders, the catalog's load at 10 s a run, the
                                     Kubernetes builder and the hub, 3 repetitions each; prints, writes
                                     nothing
-    python -m bench --only load     one part (load, pipeline, catalog, kubernetes or hub); --out PATH to
-                                    write its results
+    python -m bench --only load     one part (load, pipeline, catalog, kubernetes, hub or automation);
+                                    --out PATH to write its results
     python -m bench --only catalog --quick   the catalog's load only, shortened
     python -m bench --only kubernetes --update   one part, its section replaced in bench/RESULTS.md (or
                                     --out PATH), the header and the other sections kept as they are
@@ -45,7 +45,9 @@ def main(argv: list[str] | None = None) -> int:
         "repetitions each (with --only: that part, shortened; the pipeline has no short form)",
     )
     parser.add_argument(
-        "--only", choices=["load", "pipeline", "catalog", "kubernetes", "hub"], help="run one part"
+        "--only",
+        choices=["load", "pipeline", "catalog", "kubernetes", "hub", "automation"],
+        help="run one part",
     )
     parser.add_argument(
         "--update",
@@ -85,7 +87,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--update needs --only, and writes nothing with --quick")
     signal.signal(signal.SIGTERM, _terminate)
 
-    parts = {"load", "pipeline", "catalog", "kubernetes", "hub"} if args.only is None else {args.only}
+    every = {"load", "pipeline", "catalog", "kubernetes", "hub", "automation"}
+    parts = every if args.only is None else {args.only}
     sizes, repetitions = [50, 500], max(3, args.repetitions)
     builds = max(3, args.kubernetes_repetitions)
     hub_options = {"repetitions": max(3, args.hub_repetitions)}
@@ -110,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
         "load_before": load_average(),
     }
     log(f"machine: {context['machine']}; load average {context['load_before']}")
-    load = pipeline = catalog = kubernetes = hub = None
+    load = pipeline = catalog = kubernetes = hub = automation = None
     if "load" in parts:
         from bench.load import run_load
 
@@ -145,9 +148,14 @@ def main(argv: list[str] | None = None) -> int:
             "load"
         )
         hub = run_hub(**hub_options)
+    if "automation" in parts:
+        from bench.automation import run_automation
+
+        log("change-driven rebuilds: the source sensor over 500 folders, then requirement changes end to end")
+        automation = run_automation(repetitions=repetitions, changes=3 if args.quick else 5)
     context["load_after"] = load_average()
     context["duration"] = f"{(time.monotonic() - started) / 60:.1f} min"
-    text = render(context, load, pipeline, catalog, kubernetes, hub)
+    text = render(context, load, pipeline, catalog, kubernetes, hub, automation)
     print(text, flush=True)
     if out is not None:
         if args.update and out.exists():

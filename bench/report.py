@@ -33,8 +33,8 @@ interleaved (baseline, 50, 500, baseline, ...) after one warm-up round that is n
 
 PIPELINE_INTRO = """## 2. The pipeline of jupyter-base, end to end
 
-`dagster asset materialize -m thinkube_pipelines.definitions --select jupyter-base/source,
-jupyter-base/build,jupyter-base/published,jupyter-base/catalog_entry` (the blocking smoke check of
+`dagster asset materialize -m thinkube_pipelines.definitions --select jupyter-base/build,
+jupyter-base/published,jupyter-base/catalog_entry` (the blocking smoke check of
 `build` runs with it), with the environment of the Makefile's PIPELINE_ENV, against services this
 benchmark started on free ports: a CNCF registry with htpasswd auth (blob uploads and manifest PUTs
 counted in its access log), the catalog service on SQLite (writes counted by its generation, which
@@ -77,7 +77,7 @@ def _row(*cells: object) -> str:
     return "| " + " | ".join(str(c) for c in cells) + " |"
 
 
-def render(context: dict, load, pipeline, catalog=None, kubernetes=None, hub=None) -> str:
+def render(context: dict, load, pipeline, catalog=None, kubernetes=None, hub=None, automation=None) -> str:
     lines = [
         HEADER,
         f"- date: {context['date']} (the whole run took {context.get('duration', '?')})",
@@ -100,6 +100,10 @@ def render(context: dict, load, pipeline, catalog=None, kubernetes=None, hub=Non
         lines += _kubernetes_section(kubernetes)
     if hub is not None:
         lines += _hub_section(hub)
+    if automation is not None:
+        from bench.automation import section_lines
+
+        lines += section_lines(automation)
     return "\n".join(lines).rstrip() + "\n"
 
 

@@ -12,7 +12,6 @@ fails, these routes answer 503 naming Dagster, while the rest of the catalog kee
 """
 
 import asyncio
-import hmac
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -35,12 +34,11 @@ from thinkube_pipelines.catalog.dagster_client import (
     follow_run,
 )
 from thinkube_pipelines.catalog.settings import CatalogSettings
-from thinkube_pipelines.catalog.writers import AccessDenied, OidcTokenVerifier, roles_of
+from thinkube_pipelines.catalog.writers import AccessDenied, RoleAccess
 
 log = logging.getLogger(__name__)
 
 GRAPHQL_URL_ENV = "THINKUBE_DAGSTER_GRAPHQL_URL"
-SERVICE_TOKEN_REQUESTER = "service-token"
 #: WebSocket close codes besides 1000 (the run ended): the run is unknown, Dagster is not there.
 CLOSE_UNKNOWN_RUN = 4404
 CLOSE_DAGSTER_UNAVAILABLE = 4503
@@ -86,56 +84,12 @@ class BuildStatus(BaseModel):
     dagster_url: str | None
 
 
-class RebuildAccess:
+class RebuildAccess(RoleAccess):
     """Who may ask for a rebuild: the service token, or a Keycloak access token carrying the rebuild role
-    (THINKUBE_CATALOG_REBUILD_ROLE), counted as `writers.WriteAccess` counts the writer role."""
+    (THINKUBE_CATALOG_REBUILD_ROLE), counted as the writer role is counted for writes."""
 
     def __init__(self, settings: CatalogSettings) -> None:
-        self._service_token = (
-            settings.token.get_secret_value().encode() if settings.token is not None else None
-        )
-        self._verifier = (
-            OidcTokenVerifier(settings.oidc_issuer, settings.oidc_audience) if settings.oidc_issuer else None
-        )
-        self.audience = settings.oidc_audience
-        self.role = settings.rebuild_role
-
-    def authorize(self, token: str | None) -> str:
-        """Who asks (a user name, a client id, or `service-token`), or AccessDenied."""
-        if self._service_token is None and self._verifier is None:
-            raise AccessDenied(
-                503,
-                "The catalog has no writer configured: set THINKUBE_CATALOG_TOKEN or THINKUBE_OIDC_ISSUER",
-            )
-        if not token:
-            raise AccessDenied(401, "A rebuild needs an Authorization: Bearer token", challenge="Bearer")
-        if self._service_token is not None and hmac.compare_digest(token.encode(), self._service_token):
-            return SERVICE_TOKEN_REQUESTER
-        if self._verifier is None:
-            raise AccessDenied(
-                401,
-                "The bearer token is not the catalog's service token",
-                challenge='Bearer error="invalid_token"',
-            )
-        claims = self._verifier.claims(token)
-        who = str(
-            claims.get("preferred_username")
-            or claims.get("azp")
-            or claims.get("client_id")
-            or claims.get("sub")
-        )
-        if self.role not in roles_of(claims, self.audience):
-            where = (
-                "as a realm role (THINKUBE_OIDC_AUDIENCE is unset, so no client role counts)"
-                if self.audience is None
-                else f"as a realm role or a role of the client {self.audience!r}"
-            )
-            raise AccessDenied(
-                403,
-                f"The token of {who} lacks the role {self.role!r} needed to rebuild images, {where}",
-                challenge='Bearer error="insufficient_scope"',
-            )
-        return who
+        super().__init__(settings, settings.rebuild_role, "rebuild images", "A rebuild")
 
 
 def _requester(
@@ -144,7 +98,7 @@ def _requester(
     # A plain function: FastAPI runs it on a thread, where the token check may fetch the realm's keys.
     access: RebuildAccess = request.app.state.rebuild_access
     try:
-        return access.authorize(credentials.credentials if credentials is not None else None)
+        return access.authorize(credentials.credentials if credentials is not None else None).name
     except AccessDenied as denied:
         headers = {"WWW-Authenticate": denied.challenge} if denied.challenge else None
         raise HTTPException(denied.status, denied.detail, headers=headers) from None

@@ -245,10 +245,12 @@ def roles_of(claims: dict[str, Any], client: str | None) -> set[str]:
     return roles
 
 
-class WriteAccess:
-    """Decides whether a bearer token may write, from the settings' token sources."""
+class RoleAccess:
+    """Whether a bearer token may do one thing (`action`): the catalog's service token, or a Keycloak access
+    token carrying `role`, counted as the module's docstring says (writes: the writer role; rebuilds:
+    builds.py's rebuild role)."""
 
-    def __init__(self, settings: CatalogSettings) -> None:
+    def __init__(self, settings: CatalogSettings, role: str, action: str, asking: str) -> None:
         self._service_token = (
             settings.token.get_secret_value().encode() if settings.token is not None else None
         )
@@ -256,7 +258,11 @@ class WriteAccess:
             OidcTokenVerifier(settings.oidc_issuer, settings.oidc_audience) if settings.oidc_issuer else None
         )
         self.audience = settings.oidc_audience
-        self.writer_role = settings.writer_role
+        self.role = role
+        self.action = action
+        """What the role allows, for messages: `write to the catalog`."""
+        self.asking = asking
+        """Who asks, for messages: `Writing to the catalog`."""
 
     @property
     def configured(self) -> bool:
@@ -270,16 +276,14 @@ class WriteAccess:
         )
 
     def authorize(self, token: str | None) -> Writer:
-        """The writer behind `token`, or AccessDenied (401 unknown token, 403 no role, 503 no writer)."""
+        """Who is behind `token`, or AccessDenied (401 unknown token, 403 no role, 503 none configured)."""
         if not self.configured:
             raise AccessDenied(
                 503,
                 "The catalog has no writer configured: set THINKUBE_CATALOG_TOKEN or THINKUBE_OIDC_ISSUER",
             )
         if not token:
-            raise AccessDenied(
-                401, "Writing to the catalog needs an Authorization: Bearer token", challenge="Bearer"
-            )
+            raise AccessDenied(401, f"{self.asking} needs an Authorization: Bearer token", challenge="Bearer")
         if self._service_token is not None and hmac.compare_digest(token.encode(), self._service_token):
             return Writer("service token")
         if self._verifier is None:
@@ -291,11 +295,18 @@ class WriteAccess:
             or claims.get("client_id")
             or claims.get("sub")
         )
-        if self.writer_role not in roles_of(claims, self.audience):
+        if self.role not in roles_of(claims, self.audience):
             raise AccessDenied(
                 403,
-                f"The token of {who} lacks the role {self.writer_role!r} needed to write to the catalog, "
+                f"The token of {who} lacks the role {self.role!r} needed to {self.action}, "
                 f"{self._where_the_role_counts()}",
                 challenge='Bearer error="insufficient_scope"',
             )
         return Writer(who)
+
+
+class WriteAccess(RoleAccess):
+    """Decides whether a bearer token may write, from the settings' token sources."""
+
+    def __init__(self, settings: CatalogSettings) -> None:
+        super().__init__(settings, settings.writer_role, "write to the catalog", "Writing to the catalog")

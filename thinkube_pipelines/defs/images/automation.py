@@ -44,14 +44,7 @@ from thinkube_pipelines.defs.images.jobs import (
     IMAGE_ASSETS,
     build_images_job,
 )
-from thinkube_pipelines.defs.images.keys import (
-    IMAGE_PART,
-    OBSERVED_TAG,
-    OWNERS,
-    PART_TAG,
-    asset_key,
-    group_name,
-)
+from thinkube_pipelines.defs.images.keys import OBSERVED_TAG, asset_key, observed_spec
 from thinkube_pipelines.images import ImageSet
 from thinkube_pipelines.settings import setting
 
@@ -87,7 +80,7 @@ class AutomationSettings(BaseModel):
     """The automation's settings, from the environment (names above); a bad value stops the load."""
 
     status: Literal["running", "stopped"] = "stopped"
-    source_poll_s: int = Field(30, ge=5)
+    source_poll_s: int = Field(15, ge=5)
     nightly_cron: str = "0 2 * * *"
     nightly_timezone: str = "UTC"
     nightly_full_rebuild: bool = False
@@ -144,14 +137,12 @@ def upstream_bases(images: ImageSet) -> dg.AssetsDefinition | None:
     if not roots:
         return None
     specs = [
-        dg.AssetSpec(
-            asset_key(d.name, BASE_STAGE),
-            group_name=group_name(d.name),
-            owners=OWNERS,
-            tags={PART_TAG: IMAGE_PART, "thinkube/image": d.name, OBSERVED_TAG: "true"},
-            kinds={"docker"},
-            description=f"The upstream image {d.name} builds FROM ({d.spec.base.image if d.spec.base else ''}"
-            ", or THINKUBE_BASE_MIRROR): its data version is the digest builds use.",
+        observed_spec(
+            d.name,
+            BASE_STAGE,
+            "docker",
+            f"The upstream image {d.name} builds FROM ({d.spec.base.image if d.spec.base else ''}, or "
+            "THINKUBE_BASE_MIRROR): its data version is the digest builds use.",
         )
         for d in roots
     ]

@@ -35,3 +35,16 @@ def smoke_check_key(image_name: str) -> dg.AssetCheckKey:
 
 def gpu_check_key(image_name: str) -> dg.AssetCheckKey:
     return dg.AssetCheckKey(asset_key(image_name, "build"), GPU_CHECK)
+
+
+def observed_spec(image_name: str, stage: str, kind: str, description: str) -> dg.AssetSpec:
+    """The spec of something the pipeline observes of an image (its folder, a root's upstream base): in the
+    image's group, tagged as observed so that builds do not wait for its first observation."""
+    return dg.AssetSpec(
+        asset_key(image_name, stage),
+        group_name=group_name(image_name),
+        owners=OWNERS,
+        tags={PART_TAG: IMAGE_PART, "thinkube/image": image_name, OBSERVED_TAG: "true"},
+        kinds={kind},
+        description=description,
+    )

@@ -33,14 +33,7 @@ import dagster as dg
 from dagster._core.definitions.data_version import DATA_VERSION_TAG
 from pydantic import BaseModel, ValidationError
 
-from thinkube_pipelines.defs.images.keys import (
-    IMAGE_PART,
-    OBSERVED_TAG,
-    OWNERS,
-    PART_TAG,
-    asset_key,
-    group_name,
-)
+from thinkube_pipelines.defs.images.keys import asset_key, observed_spec
 from thinkube_pipelines.images import ImageSet
 from thinkube_pipelines.images.git_source import GitRemote, GitSourceSettings
 from thinkube_pipelines.images.loader import reload_changed
@@ -311,13 +304,11 @@ def image_sources(images: ImageSet) -> dg.AssetsDefinition:
     """`<image>/source` of every image: observable source assets (observed by the sensor above, or on
     demand from the UI's Observe button, with the same hashes)."""
     specs = [
-        dg.AssetSpec(
-            asset_key(d.name, SOURCE_STAGE),
-            group_name=group_name(d.name),
-            owners=OWNERS,
-            tags={PART_TAG: IMAGE_PART, "thinkube/image": d.name, OBSERVED_TAG: "true"},
-            kinds={"file"},
-            description=f"The files of images/{d.folder.name}/: their content hash is the data version.",
+        observed_spec(
+            d.name,
+            SOURCE_STAGE,
+            "file",
+            f"The files of images/{d.folder.name}/: their content hash is the data version.",
         )
         for d in images
     ]
