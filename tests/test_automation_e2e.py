@@ -82,8 +82,9 @@ def test_a_requirements_change_rebuilds_catalogues_and_requests_one_redeploy(
     second = _wait("the automated rebuild of tk-child", rebuilt, 900, dagster)
     assert second["status"] == "SUCCESS", dagster.log()
     assert second["assetSelection"] == CHAIN, "tk-child's chain alone, in one run"
-    assert registry.manifest_puts("library/tk-child", since=mark) >= 1, "built and pushed"
-    assert registry.manifest_puts("library/tk-parent", since=mark) == 0, "the parent was not touched"
+    project = env["THINKUBE_REGISTRY_PROJECT"]
+    assert registry.manifest_puts(f"{project}/tk-child", since=mark) >= 1, "built and pushed"
+    assert registry.manifest_puts(f"{project}/tk-parent", since=mark) == 0, "the parent was not touched"
     after = catalog.get("tk-child")
     assert after.metadata.digest != before.metadata.digest, "a new digest in the catalog"
 

@@ -336,6 +336,18 @@ def test_unreachable_server(logs: pytest.LogCaptureFixture, tmp_path: Path):
     assert "tok-unreachable-123" not in message + logs.text
 
 
+def test_the_reason_of_a_failure_is_read_from_gits_words_not_from_port_numbers():
+    """A port like 40121 holds " 401": the reason comes from git's own phrases."""
+    from thinkube_pipelines.images.git_source import _reason
+
+    refused = (
+        "fatal: unable to access 'http://127.0.0.1:40121/x.git/': Failed to connect to 127.0.0.1 port 40121"
+    )
+    assert _reason(refused, has_token=True) == "cannot reach the server"
+    denied = "fatal: unable to access 'http://127.0.0.1:4031/x.git/': The requested URL returned error: 403"
+    assert "refused the credentials" in _reason(denied, has_token=True)
+
+
 def test_a_server_that_never_answers_times_out(logs: pytest.LogCaptureFixture):
     with socket.socket() as silent:
         silent.bind(("127.0.0.1", 0))

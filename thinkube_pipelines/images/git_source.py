@@ -511,8 +511,16 @@ def _basic(username: str, token: str) -> str:
     return base64.b64encode(f"{username}:{token}".encode()).decode()
 
 
-_AUTH_MARKS = ("Authentication failed", "could not read Username", "could not read Password", " 401", " 403")
-_NOT_FOUND_MARKS = ("not found", " 404", "does not appear to be a git repository")
+# HTTP statuses as git's curl reports them ("The requested URL returned error: 403"), never a bare number:
+# " 401" alone also matches "port 40121".
+_AUTH_MARKS = (
+    "Authentication failed",
+    "could not read Username",
+    "could not read Password",
+    "returned error: 401",
+    "returned error: 403",
+)
+_NOT_FOUND_MARKS = ("not found", "returned error: 404", "does not appear to be a git repository")
 _UNREACHABLE_MARKS = (
     "Failed to connect",
     "Could not resolve host",
@@ -530,12 +538,12 @@ def _refused_access(stderr: str) -> bool:
 
 
 def _reason(stderr: str, *, has_token: bool) -> str:
+    if any(mark in stderr for mark in _UNREACHABLE_MARKS):
+        return "cannot reach the server"
     if any(mark in stderr for mark in _AUTH_MARKS):
         if has_token:
             return f"the server refused the credentials (check {USERNAME_ENV} and {TOKEN_ENV})"
         return f"the server requires credentials (set {USERNAME_ENV} and {TOKEN_ENV})"
-    if any(mark in stderr for mark in _UNREACHABLE_MARKS):
-        return "cannot reach the server"
     if any(mark in stderr for mark in _NOT_FOUND_MARKS):
         return "no such repository (or the credentials may not read it)"
     return ""
