@@ -13,6 +13,7 @@ import re
 import shutil
 import subprocess
 import sys
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -118,6 +119,14 @@ def chain(tmp_path_factory, buildah_builder, buildah_runner, registry_debian_bas
     tmp = tmp_path_factory.mktemp("chain")
     catalog = catalog_server(f"sqlite:///{tmp / 'catalog.db'}")
     images = images_dir(tmp, "tk-parent", "tk-child")
+    # A step no earlier build in the session has made (a nonce), lasting 2 s: the session's buildah storage
+    # may hold every other layer already (other tests build these images), and the log test needs a build
+    # that takes time and prints lines while it runs.
+    dockerfile = images / "tk-parent" / "Dockerfile"
+    nonce = uuid.uuid4().hex
+    dockerfile.write_text(
+        dockerfile.read_text().replace("ENV PATH=", f'RUN echo "chain {nonce}" && sleep 2\nENV PATH=', 1)
+    )
     pipeline = make_pipeline(images, buildah_builder, buildah_runner, registry_debian_base, registry, catalog)
     mark = registry.mark()
     result = pipeline.materialize()
