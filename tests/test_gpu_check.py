@@ -3,8 +3,8 @@ GPU: it fails, exit status 1, with a message that says why and what to look at.
 
 It runs twice: with this interpreter, which has no PyTorch, and in a virtual environment with a real
 PyTorch (the CPU build 2.13.0, which these machines keep on disk for pip; `torch.cuda.is_available()` is
-False there, as it is for a CUDA build on a node without a GPU). The run on a real GPU is in the closing
-note of issue 8 when a device machine was lent.
+False there, as it is for a CUDA build on a node without a GPU). Its run on a real GPU (an H200) is
+recorded in docs/gpu-check-on-a-gpu.md.
 """
 
 import os
