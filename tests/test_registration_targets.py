@@ -422,11 +422,6 @@ def test_throttling_is_waited_out(images, k8s_api, namespace, monkeypatch):
     assert answers == [429] and waits == [2.0]
 
 
-@pytest.mark.skipif(
-    upstream.git_dir() is None,
-    reason=f"set {upstream.GIT_DIR_ENV} to a clone of github.com/thinkube/thinkube-control "
-    f"(commit {discovery.COMMIT}) to run its own discovery code against the cluster",
-)
 @pytest.mark.filterwarnings("ignore::sqlalchemy.exc.SAWarning")
 def test_thinkube_control_own_discovery_lists_them_from_the_cluster(env, images, k8s_core, namespace):
     """thinkube-control's real ImageDiscovery (its source at discovery.COMMIT, run unchanged) with the
@@ -436,7 +431,7 @@ def test_thinkube_control_own_discovery_lists_them_from_the_cluster(env, images,
     _, result = register(images, *NAMES)
     assert result.success, failure_output(result)
 
-    code = upstream.load(upstream.git_dir())
+    code = upstream.load()
     control = upstream.Control(code)
     image_discovery = code.image_discovery.__new__(code.image_discovery)
     image_discovery.db, image_discovery.core_v1 = control.db, k8s_core

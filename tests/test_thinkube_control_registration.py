@@ -1,8 +1,8 @@
 """Registration in thinkube-control: what its own discovery reads from our ConfigMaps is right.
 
 thinkube-control's rules come from tests/thinkube_control/discovery.py (restated from its source, lines
-cited); with THINKUBE_CONTROL_GIT_DIR set, the same ConfigMaps also go through its real code
-(tests/thinkube_control/upstream.py) and both must agree.
+cited), and the same ConfigMaps also go through its real code (tests/thinkube_control/upstream.py: its files
+kept unchanged in tests/reference/thinkube-control/) and both must agree.
 """
 
 from __future__ import annotations
@@ -324,16 +324,9 @@ def test_one_refused_entry_loses_the_earlier_ones_of_its_sync(images):
 
 # --- the real thinkube-control code --------------------------------------------------------------------
 
-needs_upstream = pytest.mark.skipif(
-    upstream.git_dir() is None,
-    reason=f"set {upstream.GIT_DIR_ENV} to a clone of github.com/thinkube/thinkube-control "
-    f"(commit {discovery.COMMIT}) to run its own discovery code",
-)
-
-
 @pytest.fixture(scope="module")
 def thinkube_control():
-    return upstream.load(upstream.git_dir())
+    return upstream.load()
 
 
 def row_view(row) -> dict:
@@ -354,7 +347,6 @@ def row_view(row) -> dict:
     }
 
 
-@needs_upstream
 @pytest.mark.filterwarnings("ignore::sqlalchemy.exc.SAWarning")
 def test_thinkube_control_own_code_agrees(images, thinkube_control):
     control = upstream.Control(thinkube_control)
@@ -370,7 +362,6 @@ def test_thinkube_control_own_code_agrees(images, thinkube_control):
     assert {item["name"] for item in listed} == set(images.names)
 
 
-@needs_upstream
 @pytest.mark.filterwarnings("ignore::sqlalchemy.exc.SAWarning")
 def test_thinkube_control_own_code_refuses_what_the_restatement_refuses(images, thinkube_control):
     cms = configmaps(images)
@@ -385,7 +376,6 @@ def test_thinkube_control_own_code_refuses_what_the_restatement_refuses(images, 
         assert control.rows() == []
 
 
-@needs_upstream
 @pytest.mark.filterwarnings("ignore::sqlalchemy.exc.SAWarning")
 def test_thinkube_control_own_code_loses_the_earlier_rows_too(images, thinkube_control):
     cms, kept = one_refused(images)

@@ -1,11 +1,13 @@
 """thinkube-control's own discovery code, run against ConfigMaps: the check that discovery.py restates it.
 
-Nothing of thinkube-control is copied into this repository. Its source is read at test time from the
-checkout named by THINKUBE_CONTROL_GIT_DIR (a clone of github.com/thinkube/thinkube-control, bare or not)
-at discovery.COMMIT, and run unchanged: its `app.*` imports are answered by stand-in modules for the app's
-database session (a SQLAlchemy declarative Base, SQLite in memory instead of PostgreSQL), and its
-Kubernetes client by a CoreV1Api stand-in that answers `list_config_map_for_all_namespaces` with the real
-client's V1ConfigMapList. Tests that need it skip when the variable is unset.
+Its three files that discovery reads and serves (the ContainerImage model, ImageDiscovery, the Jupyter images
+endpoint) are kept, unchanged, in tests/reference/thinkube-control/ at discovery.COMMIT, with their Apache-2.0
+licence; THINKUBE_CONTROL_GIT_DIR, set to a clone of github.com/thinkube/thinkube-control (bare or not),
+reads them from that clone at the commit instead (for a newer commit: change discovery.COMMIT too). They run
+unchanged: their `app.*` imports are answered by stand-in modules for the app's database session (a
+SQLAlchemy declarative Base, SQLite in memory instead of PostgreSQL), and their Kubernetes client by a
+CoreV1Api stand-in that answers `list_config_map_for_all_namespaces` with the real client's V1ConfigMapList
+(or by the official client itself, pointed at the simulated cluster).
 """
 
 from __future__ import annotations
@@ -17,11 +19,14 @@ import types
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from tests.thinkube_control.discovery import COMMIT
 
 GIT_DIR_ENV = "THINKUBE_CONTROL_GIT_DIR"
+KEPT = Path(__file__).resolve().parents[1] / "reference" / "thinkube-control"
+"""The files of SOURCES as they are at COMMIT, with the repository's LICENSE."""
 SOURCES = {
     "app.models.container_images": "backend/app/models/container_images.py",
     "app.services.image_discovery": "backend/app/services/image_discovery.py",
@@ -33,10 +38,15 @@ def git_dir() -> str | None:
     return os.environ.get(GIT_DIR_ENV) or None
 
 
-def read_source(repo: str, path: str, commit: str = COMMIT) -> str:
-    return subprocess.run(
+def read_source(path: str, repo: str | None = None, commit: str = COMMIT) -> tuple[str, str]:
+    """The file's text and the name its code is compiled under: from the clone when one is given, else the
+    copy kept in KEPT."""
+    if repo is None:
+        return (KEPT / path).read_text(), f"{KEPT / path} ({commit})"
+    shown = subprocess.run(
         ["git", "-C", repo, "show", f"{commit}:{path}"], check=True, capture_output=True, text=True
-    ).stdout
+    )
+    return shown.stdout, f"{repo}/{path}@{commit}"
 
 
 @contextmanager
@@ -73,12 +83,14 @@ class Upstream:
     get_jupyter_images: Any
 
 
-def load(repo: str, commit: str = COMMIT) -> Upstream:
+def load(repo: str | None = None, commit: str = COMMIT) -> Upstream:
+    """thinkube-control's code from the clone named by THINKUBE_CONTROL_GIT_DIR, or from the kept copy."""
+    repo = repo or git_dir()
     with _app_modules() as modules:
         for name, path in SOURCES.items():
             module = modules[name]
-            module.__file__ = f"{repo}/{path}@{commit}"
-            exec(compile(read_source(repo, path, commit), module.__file__, "exec"), module.__dict__)
+            text, module.__file__ = read_source(path, repo, commit)
+            exec(compile(text, module.__file__, "exec"), module.__dict__)
         return Upstream(
             base=modules["app.db.session"].Base,
             container_image=modules["app.models.container_images"].ContainerImage,
