@@ -324,6 +324,7 @@ def test_one_refused_entry_loses_the_earlier_ones_of_its_sync(images):
 
 # --- the real thinkube-control code --------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def thinkube_control():
     return upstream.load()
