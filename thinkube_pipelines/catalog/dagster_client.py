@@ -236,7 +236,9 @@ mutation LaunchRebuild($params: ExecutionParams!) {
 }
 """
 
-_RUN = """
+#: One run: its status, times, tags and selection. Public so the tests' Dagster fixture reads runs
+#: with the very query the catalog uses.
+RUN_QUERY = """
 query Run($runId: ID!) {
   runOrError(runId: $runId) {
     __typename
@@ -431,7 +433,7 @@ class DagsterClient:
         )
 
     async def run(self, run_id: str) -> Run:
-        data = await self.query(_RUN, {"runId": run_id})
+        data = await self.query(RUN_QUERY, {"runId": run_id})
         result = data.get("runOrError") or {}
         kind = result.get("__typename")
         if kind == "RunNotFoundError":
