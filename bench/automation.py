@@ -37,6 +37,7 @@ from pathlib import Path
 
 from bench.pipeline import Services, _cleanup_buildah
 from bench.timing import REPO, log
+from tests.fixtures.polling import wait_until
 
 TEST_IMAGES = REPO / "tests" / "fixtures" / "images"
 CHANGED = "tk-child"
@@ -199,7 +200,7 @@ def _daemon_change_runs(results: AutomationResults, repetitions: int, root: Path
     import dagster as dg
     from dagster._core.instance.ref import InstanceRef
 
-    from tests.fixtures.dagster_server import fixture_images, pipeline_env, start_dagster
+    from tests.fixtures.dagster_server import TERMINAL_STATUSES, fixture_images, pipeline_env, start_dagster
     from thinkube_pipelines.builders.debian_base import (
         DEFAULT_REPOSITORY_NAME,
         DEFAULT_TAG,
@@ -235,14 +236,10 @@ def _daemon_change_runs(results: AutomationResults, repetitions: int, root: Path
 
         def settled(count: int) -> bool:
             runs = dagster.runs(automated)
-            return len(runs) >= count and all(r["status"] in ("SUCCESS", "FAILURE", "CANCELED") for r in runs)
+            return len(runs) >= count and all(r["status"] in TERMINAL_STATUSES for r in runs)
 
         def wait(what: str, check, timeout_s: float) -> None:
-            deadline = time.monotonic() + timeout_s
-            while not check():
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"{what}: not after {timeout_s:.0f} s\n{dagster.log()}")
-                time.sleep(0.2)
+            wait_until(check, timeout_s, what, interval_s=0.2, details=dagster.log, error=RuntimeError)
 
         log("automation with the daemon: the first automated build of tk-parent and tk-child")
         wait("the first automated build", lambda: settled(1), 900)

@@ -15,7 +15,8 @@ import time
 
 import pytest
 
-from tests.fixtures.dagster_server import fixture_images, pipeline_env
+from tests.fixtures.dagster_server import TERMINAL_STATUSES, fixture_images, pipeline_env
+from tests.fixtures.polling import wait_until
 from tests.test_automation import _relock
 from thinkube_pipelines.catalog.client import CatalogClient
 
@@ -25,19 +26,9 @@ AUTOMATION = {"thinkube/trigger": "automation"}
 DEPLOY = {"thinkube/run-kind": "hub-deploy"}
 
 
-def _wait(what: str, check, timeout_s: float, dagster) -> object:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(1)
-    pytest.fail(f"{what}: not after {timeout_s:.0f} s\n{dagster.log()}", pytrace=False)
-
-
 def _settled(dagster) -> bool:
     runs = dagster.runs({"thinkube/run-kind": "image-build"})
-    return bool(runs) and all(r["status"] in ("SUCCESS", "FAILURE", "CANCELED") for r in runs)
+    return bool(runs) and all(r["status"] in TERMINAL_STATUSES for r in runs)
 
 
 @pytest.mark.slow
@@ -64,7 +55,12 @@ def test_a_requirements_change_rebuilds_catalogues_and_requests_one_redeploy(
 
     dagster = dagster_server(env)
     # first: the sources are observed and everything (missing) is built by the automation, in one run
-    _wait("the first automated build", lambda: _settled(dagster) and catalog.get("tk-child"), 900, dagster)
+    wait_until(
+        lambda: _settled(dagster) and catalog.get("tk-child"),
+        900,
+        "the first automated build",
+        details=dagster.log,
+    )
     [first] = dagster.runs(AUTOMATION)
     assert first["status"] == "SUCCESS", dagster.log()
     before = catalog.get("tk-child")
@@ -79,7 +75,7 @@ def test_a_requirements_change_rebuilds_catalogues_and_requests_one_redeploy(
         runs = dagster.runs(AUTOMATION)
         return len(runs) == 2 and runs[0]["status"] in ("SUCCESS", "FAILURE") and runs[0]
 
-    second = _wait("the automated rebuild of tk-child", rebuilt, 900, dagster)
+    second = wait_until(rebuilt, 900, "the automated rebuild of tk-child", details=dagster.log)
     assert second["status"] == "SUCCESS", dagster.log()
     assert second["assetSelection"] == CHAIN, "tk-child's chain alone, in one run"
     project = env["THINKUBE_REGISTRY_PROJECT"]
@@ -88,7 +84,7 @@ def test_a_requirements_change_rebuilds_catalogues_and_requests_one_redeploy(
     after = catalog.get("tk-child")
     assert after.metadata.digest != before.metadata.digest, "a new digest in the catalog"
 
-    _wait("a hub_deploy run", lambda: len(dagster.runs(DEPLOY)) > deploys, 120, dagster)
+    wait_until(lambda: len(dagster.runs(DEPLOY)) > deploys, 120, "a hub_deploy run", details=dagster.log)
     time.sleep(3 * POLL_S)
     requested = dagster.runs(DEPLOY)
     assert len(requested) == deploys + 1, "exactly one hub_deploy run for the new digest"

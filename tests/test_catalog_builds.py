@@ -8,6 +8,7 @@ the parent builds both chains for real; the other tests read what it left or nee
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import time
@@ -20,9 +21,10 @@ from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
 from tests.fixtures.catalog import CatalogServer, sample_image
-from tests.fixtures.dagster_server import DagsterServer, fixture_images, pipeline_env
+from tests.fixtures.dagster_server import TERMINAL_STATUSES, DagsterServer, fixture_images, pipeline_env
 from tests.fixtures.network import free_port
 from tests.fixtures.oidc import OidcProvider
+from tests.fixtures.polling import wait_until
 from thinkube_pipelines.catalog.dagster_client import DAGSTER_CONSOLE_LINE
 
 REBUILD_ROLE = "image-rebuilder"
@@ -145,14 +147,16 @@ def rebuilt(stack: Stack) -> Stack:
     )
     reader.start()
     statuses: list[dict] = []
-    deadline = time.monotonic() + RUN_TIMEOUT_S
-    while time.monotonic() < deadline:
+
+    def ended() -> bool:
         answer = requests.get(f"{stack.catalog.base_url}{accepted['status_url']}", timeout=30)
         assert answer.status_code == 200, answer.text
         statuses.append(answer.json())
-        if statuses[-1]["status"] in ("SUCCESS", "FAILURE", "CANCELED"):
-            break
-        time.sleep(0.5)
+        return statuses[-1]["status"] in TERMINAL_STATUSES
+
+    # a run still going after the timeout is reported by the tests that read the statuses seen
+    with contextlib.suppress(TimeoutError):
+        wait_until(ended, RUN_TIMEOUT_S, "the rebuild's end", interval_s=0.5)
     reader.join(timeout=60)
     assert "stream" in live, "the WebSocket reader did not finish"
     stack.rebuild = {"accepted": accepted, "statuses": statuses, "live": live["stream"]}
