@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.fixtures.git_server import refuse_login, run_http_backend
 from tests.fixtures.network import free_port
 from tests.fixtures.processes import stop_process
 
@@ -145,44 +146,18 @@ def _git_http_server(remote: PrivateRemote) -> ThreadingHTTPServer:
             login = self._login()
             if login is None:
                 remote.refused += 1
-                self.send_response(401)
-                self.send_header("WWW-Authenticate", 'Basic realm="Gitea"')
-                self.send_header("Content-Length", "0")
-                self.end_headers()
+                refuse_login(self)
                 return
             remote.logins.append(login)
-            path, _, query = self.path.partition("?")
             body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-            cgi = {
-                "PATH": remote.env["PATH"],
-                "GIT_PROJECT_ROOT": str(remote.base),
-                "GIT_HTTP_EXPORT_ALL": "1",
-                "REQUEST_METHOD": self.command,
-                "PATH_INFO": path,
-                "QUERY_STRING": query,
-                "CONTENT_TYPE": self.headers.get("Content-Type", ""),
-                "CONTENT_LENGTH": str(len(body)),
-                "REMOTE_USER": login,
-                "REMOTE_ADDR": "127.0.0.1",
-                "GIT_PROTOCOL": self.headers.get("Git-Protocol", ""),
-                "HTTP_CONTENT_ENCODING": self.headers.get("Content-Encoding", ""),
-            }
-            done = subprocess.run(
-                ["git", "http-backend"], input=body, env=cgi, capture_output=True, timeout=60, check=False
-            )
-            head, separator, payload = done.stdout.partition(b"\r\n\r\n")
-            if not separator:
-                head, _, payload = done.stdout.partition(b"\n\n")
-            headers = [line.split(":", 1) for line in head.decode().splitlines() if ":" in line]
-            status = next((value.strip() for name, value in headers if name.lower() == "status"), "200 OK")
-            code, _, reason = status.partition(" ")
-            self.send_response(int(code), reason)
-            for name, value in headers:
-                if name.lower() != "status":
-                    self.send_header(name, value.strip())
-            self.send_header("Content-Length", str(len(payload)))
-            self.end_headers()
-            self.wfile.write(payload)
+            run_http_backend(
+                self,
+                project_root=remote.base,
+                body=body,
+                login=login,
+                protocol=self.headers.get("Git-Protocol", ""),
+                env={"PATH": remote.env["PATH"]},
+            ).send(self)
 
         do_GET = _serve
         do_POST = _serve
