@@ -76,31 +76,20 @@ def _change_runs(results: AutomationResults, repetitions: int, root: Path) -> No
 
     from tests.fixtures.automation import Automation
     from thinkube_pipelines.builders.buildah import BuildahBuilder, BuildahRunner
-    from thinkube_pipelines.builders.debian_base import (
-        DEFAULT_REPOSITORY_NAME,
-        DEFAULT_TAG,
-        publish_debian_base,
-    )
     from thinkube_pipelines.catalog.client import CatalogClient
     from thinkube_pipelines.defs.hub.sensors import SENSOR_NAME as REDEPLOY
     from thinkube_pipelines.defs.images.assets import image_assets
     from thinkube_pipelines.defs.images.sources import SENSOR_NAME as SOURCE
     from thinkube_pipelines.defs.resources import BuildSettings, CatalogResource
     from thinkube_pipelines.images import load_image_definitions
-    from thinkube_pipelines.registry.client import RegistryClient
     from thinkube_pipelines.registry.resource import Registry
 
     services = Services(root)
     state = root / "state"
     try:
-        services.start()
+        base = services.start_with_debian_base()
         registry = services.registry
         assert registry is not None
-        client = RegistryClient(registry.url, registry.username, registry.password)
-        repository = f"library/{DEFAULT_REPOSITORY_NAME}"
-        digest = publish_debian_base(
-            client, repository, DEFAULT_TAG, cache_dir=REPO / ".state" / "cache", on_line=None
-        )
         storage = {
             "storage_root": str(state / "containers" / "root"),
             "run_root": str(state / "containers" / "run"),
@@ -111,7 +100,7 @@ def _change_runs(results: AutomationResults, repetitions: int, root: Path) -> No
             "runner": BuildahRunner(**storage),
             "registry": Registry(url=registry.url, username=registry.username, password=registry.password),
             "catalog": CatalogResource(url=services.catalog_url, token=services.catalog_token),
-            "build_settings": BuildSettings(base_mirror=f"{registry.host}/{repository}@{digest}"),
+            "build_settings": BuildSettings(base_mirror=base),
         }
         images = root / "images"
         for name in ("tk-parent", CHANGED):
@@ -201,31 +190,20 @@ def _daemon_change_runs(results: AutomationResults, repetitions: int, root: Path
     from dagster._core.instance.ref import InstanceRef
 
     from tests.fixtures.dagster_server import TERMINAL_STATUSES, fixture_images, pipeline_env, start_dagster
-    from thinkube_pipelines.builders.debian_base import (
-        DEFAULT_REPOSITORY_NAME,
-        DEFAULT_TAG,
-        publish_debian_base,
-    )
-    from thinkube_pipelines.registry.client import RegistryClient
 
     services = Services(root / "daemon")
     state = root / "daemon-state"
     dagster = None
     try:
-        services.start()
+        base = services.start_with_debian_base()
         registry = services.registry
         assert registry is not None
-        client = RegistryClient(registry.url, registry.username, registry.password)
-        repository = f"library/{DEFAULT_REPOSITORY_NAME}"
-        digest = publish_debian_base(
-            client, repository, DEFAULT_TAG, cache_dir=REPO / ".state" / "cache", on_line=None
-        )
         images = fixture_images(root / "daemon-images", "tk-parent", CHANGED)
         env = pipeline_env(
             images,
             state_dir=state,
             registry=registry.server,
-            base=f"{registry.host}/{repository}@{digest}",
+            base=base,
             catalog_url=services.catalog_url,
             catalog_token=services.catalog_token,
             extra={"THINKUBE_AUTOMATION": "running", "THINKUBE_SOURCE_POLL_S": str(results.daemon_poll_s)},
