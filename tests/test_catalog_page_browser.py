@@ -14,17 +14,20 @@ import os
 import re
 import tempfile
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import requests
 from playwright.sync_api import Page, expect
 
-from tests.fixtures.catalog import CatalogServer, sample_image, start_catalog
-from tests.fixtures.image_stack import REBUILT_IMAGE, RUN_TIMEOUT_S, ImageStack
-from tests.fixtures.network import free_port
-from tests.fixtures.oidc import OidcProvider, running_oidc_provider
+from tests.fixtures.catalog import sample_image
+from tests.fixtures.image_stack import (
+    REBUILT_IMAGE,
+    RUN_TIMEOUT_S,
+    CatalogPage,
+    ImageStack,
+    running_catalog_page,
+)
 
 GPU_IMAGE = sample_image(
     "jupyter-ml-gpu",
@@ -53,41 +56,19 @@ README_SCREENSHOT = REPO_ROOT / "docs" / "catalog-page.png"
 ADMIN, USER = "image-admin", "hub-user"  # the stand-in's dev-login users: with and without image-rebuilder
 
 
-@dataclass
-class PageStack:
-    url: str
-    catalog: CatalogServer
-    oidc: OidcProvider
-
-
 @pytest.fixture(scope="module")
-def stack() -> Iterator[PageStack]:
+def stack() -> Iterator[CatalogPage]:
     """A Keycloak stand-in whose public client redirects to the page, and a catalog serving three images."""
     workdir = Path(tempfile.mkdtemp(prefix="thinkube-page-"))
-    port = free_port()
-    url = f"http://127.0.0.1:{port}/"
-    with running_oidc_provider(catalog_ui_redirects=[url]) as oidc:
-        catalog = start_catalog(
-            workdir,
-            f"sqlite:///{workdir / 'catalog.db'}",
-            oidc_issuer=oidc.issuer,
-            oidc_audience=oidc.audience,
-            port=port,
-        )
-        with catalog:
-            for image in (GPU_IMAGE, CPU_IMAGE, OTHER_IMAGE):
-                written = requests.post(
-                    f"{catalog.base_url}/api/v1/images", json=image, headers=catalog.auth_headers, timeout=10
-                )
-                assert written.status_code == 201, written.text
-            yield PageStack(url=url, catalog=catalog, oidc=oidc)
+    with running_catalog_page(workdir, (GPU_IMAGE, CPU_IMAGE, OTHER_IMAGE)) as page:
+        yield page
 
 
 def image_card(page: Page, display_name: str):
     return page.get_by_role("listitem").filter(has=page.get_by_role("heading", name=display_name, exact=True))
 
 
-def own_errors(stack: PageStack, errors: list[str]) -> list[str]:
+def own_errors(stack: CatalogPage, errors: list[str]) -> list[str]:
     """The errors of the catalog's page (not of the realm's login form, which asks for web fonts)."""
     return [error for error in errors if error.startswith(stack.url)]
 
@@ -102,7 +83,7 @@ def sign_in(page: Page, user: str) -> None:
     expect(page.get_by_text(f"Signed in as {user}")).to_be_visible()
 
 
-def test_page_lists_the_catalog_in_two_tabs(stack: PageStack, page: Page, page_errors: list[str]) -> None:
+def test_page_lists_the_catalog_in_two_tabs(stack: CatalogPage, page: Page, page_errors: list[str]) -> None:
     page.goto(stack.url)
     expect(page).to_have_title("Thinkube images")
 
@@ -148,7 +129,7 @@ def test_page_lists_the_catalog_in_two_tabs(stack: PageStack, page: Page, page_e
     assert own_errors(stack, page_errors) == []
 
 
-def test_rebuild_asks_to_sign_in_first(stack: PageStack, page: Page) -> None:
+def test_rebuild_asks_to_sign_in_first(stack: CatalogPage, page: Page) -> None:
     page.goto(stack.url)
     page.get_by_role("button", name="Rebuild ML (GPU)").click()
     expect(page.get_by_role("alert")).to_have_text(
@@ -157,7 +138,7 @@ def test_rebuild_asks_to_sign_in_first(stack: PageStack, page: Page) -> None:
     expect(page.get_by_role("button", name="Sign in")).to_be_focused()
 
 
-def test_sign_in_through_the_realm(stack: PageStack, page: Page, page_errors: list[str]) -> None:
+def test_sign_in_through_the_realm(stack: CatalogPage, page: Page, page_errors: list[str]) -> None:
     page.goto(stack.url)
     sign_in(page, ADMIN)
     # back on the page itself, the code and state gone from the address
@@ -184,7 +165,7 @@ def test_sign_in_through_the_realm(stack: PageStack, page: Page, page_errors: li
     assert own_errors(stack, page_errors) == []
 
 
-def test_a_forged_sign_in_answer_is_refused(stack: PageStack, page: Page) -> None:
+def test_a_forged_sign_in_answer_is_refused(stack: CatalogPage, page: Page) -> None:
     """A redirect back with a code the page did not ask for (no matching state) signs nobody in."""
     page.goto(f"{stack.url}?code=stolen&state=forged")
     expect(page.get_by_role("alert")).to_contain_text("Sign-in failed: the answer does not belong")
@@ -192,7 +173,7 @@ def test_a_forged_sign_in_answer_is_refused(stack: PageStack, page: Page) -> Non
     assert page.url == stack.url
 
 
-def test_ui_config_and_page_headers(stack: PageStack) -> None:
+def test_ui_config_and_page_headers(stack: CatalogPage) -> None:
     """The browser gets the realm, the public client and the scopes, and a page that loads only its own
     scripts and styles."""
     config = requests.get(f"{stack.catalog.base_url}/api/v1/ui-config", timeout=10)
@@ -210,7 +191,7 @@ def test_ui_config_and_page_headers(stack: PageStack) -> None:
     assert requests.get(f"{stack.catalog.base_url}/static/app.js", timeout=10).status_code == 200
 
 
-def test_a_user_without_the_rebuild_role_is_told_so(stack: PageStack, page: Page) -> None:
+def test_a_user_without_the_rebuild_role_is_told_so(stack: CatalogPage, page: Page) -> None:
     page.goto(stack.url)
     sign_in(page, USER)
     page.get_by_role("button", name="Rebuild ML (GPU)").click()
@@ -220,7 +201,7 @@ def test_a_user_without_the_rebuild_role_is_told_so(stack: PageStack, page: Page
     expect(page.locator("#build")).to_be_hidden()
 
 
-def test_rebuild_without_dagster_says_builds_are_unavailable(stack: PageStack, page: Page) -> None:
+def test_rebuild_without_dagster_says_builds_are_unavailable(stack: CatalogPage, page: Page) -> None:
     """This catalog has no Dagster configured: an allowed rebuild is refused with 503, in words."""
     page.goto(stack.url)
     sign_in(page, ADMIN)
@@ -230,7 +211,7 @@ def test_rebuild_without_dagster_says_builds_are_unavailable(stack: PageStack, p
     )
 
 
-def test_an_expired_sign_in_asks_to_sign_in_again(stack: PageStack, page: Page) -> None:
+def test_an_expired_sign_in_asks_to_sign_in_again(stack: CatalogPage, page: Page) -> None:
     """A token the catalog no longer accepts (here: one signed by another realm) answers 401: the page
     forgets it and says to sign in again."""
     page.goto(stack.url)
