@@ -9,7 +9,6 @@
 
 from __future__ import annotations
 
-import base64
 import os
 import secrets
 import socket
@@ -23,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.fixtures.git_server import refuse_login, run_http_backend
+from tests.fixtures.git_server import basic_credentials, refuse_login, run_http_backend
 from tests.fixtures.network import free_port
 from tests.fixtures.processes import stop_process
 
@@ -136,10 +135,10 @@ def _git_http_server(remote: PrivateRemote) -> ThreadingHTTPServer:
             pass
 
         def _login(self) -> str | None:
-            header = self.headers.get("Authorization", "")
-            if not header.startswith("Basic "):
+            credentials = basic_credentials(self)
+            if credentials is None:
                 return None
-            login, _, password = base64.b64decode(header[6:]).decode().partition(":")
+            login, password = credentials
             return login if secrets.compare_digest(password, remote.token) else None
 
         def _serve(self) -> None:
