@@ -35,7 +35,7 @@ PIPELINE_ENV = DAGSTER_HOME=$(CURDIR)/.dagster \
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/:/'
 
-setup: $(STATE)/system.stamp $(STATE)/python.stamp $(STATE)/npm.stamp $(TOOLS)  ## install everything (apt, pip, npm, helm, kubectl)
+setup: $(STATE)/system.stamp $(STATE)/python.stamp node_modules/.package-lock.json $(TOOLS)  ## install everything (apt, pip, npm, helm, kubectl)
 
 $(STATE)/system.stamp: system-packages.txt
 	@mkdir -p $(STATE)
@@ -58,8 +58,8 @@ $(STATE)/python.stamp: pyproject.toml constraints.txt
 	$(BIN)/python -m pip install -q -c constraints.txt -e '.[pipeline,catalog,dev]'
 	@touch $@
 
-$(STATE)/npm.stamp: package.json package-lock.json
-	@mkdir -p $(STATE)
+# npm ci writes node_modules/.package-lock.json: a deleted node_modules is installed again.
+node_modules/.package-lock.json: package.json package-lock.json
 	npm ci --no-audit --no-fund --loglevel=error
 	@touch $@
 

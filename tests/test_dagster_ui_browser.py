@@ -22,7 +22,11 @@ UI_TIMEOUT_MS = 60_000
 
 def open_lineage(page: Page, stack: ImageStack) -> Locator:
     """The global asset lineage with every group expanded; the graph's asset name boxes."""
-    # Dagster's first-visit newsletter dialog opens a moment after the page: skip it whenever it shows
+    # Dagster's first-visit newsletter dialog (CommunityNux) opens a second after the page unless the
+    # browser remembers a dismissal; skipping it when it shows could close the settings menu under the
+    # click, so the dismissal is stored before the first page script runs. The handler stays for a UI
+    # that changes the key.
+    page.add_init_script("window.localStorage.setItem('communityNux', JSON.stringify('1'))")
     skip = page.get_by_role("button", name="Skip")
     page.add_locator_handler(skip, lambda button: button.click())
     page.goto(f"{stack.dagster.ui_url}/asset-groups")
