@@ -139,13 +139,48 @@ def test_a_change_during_a_build_of_that_image_is_recorded_when_the_build_ends(a
     dockerfile = automation.images / "tk-parent" / "Dockerfile"
     dockerfile.write_text(dockerfile.read_text() + "# changed during its build\n")
     waiting = automation.tick_sensor(SOURCE_SENSOR)
-    assert "recorded once the runs building them end: tk-parent" in waiting.skip_reason.skip_message
+    assert "recorded once their builds have ended and image_automation has evaluated them: tk-parent" in (
+        waiting.skip_reason.skip_message
+    )
     assert not waiting.asset_events
     assert automation.evaluate() == set()
     automation.instance.report_run_canceled(building)
     result = automation.tick_sensor(SOURCE_SENSOR)
     assert [e.asset_key for e in result.asset_events] == [dg.AssetKey(["tk-parent", "source"])]
     assert automation.evaluate() == chains("tk-parent", "tk-child", "tk-smoke-fail")
+
+
+def test_a_change_right_after_a_build_is_recorded_once_the_automation_has_seen_the_build(automation):
+    """A build ends, then its folder changes before the automation sensor's next tick: recorded then,
+    Dagster would see the source's and the build's updates on the same tick and take the change as handled
+    (next test). The sensor records it after a completed tick of the automation sensor, and it is built."""
+    automation.record_built("tk-other", version="2")
+    spec = automation.images / "tk-other" / "Dockerfile"
+    spec.write_text(spec.read_text() + "# changed right after its build\n")
+    waiting = automation.tick_sensor(SOURCE_SENSOR)
+    assert "image_automation has evaluated them: tk-other" in waiting.skip_reason.skip_message
+    assert (
+        automation.instance.fetch_observations(dg.AssetKey(["tk-other", "source"]), limit=5)
+        .records[0]
+        .timestamp
+        < automation.instance.get_latest_materialization_event(dg.AssetKey(["tk-other", "build"])).timestamp
+    ), "nothing observed after the build yet"
+    assert automation.evaluate() == set(), "the tick that sees the build alone requests nothing"
+    result = automation.tick_sensor(SOURCE_SENSOR)
+    assert [e.asset_key for e in result.asset_events] == [dg.AssetKey(["tk-other", "source"])]
+    assert automation.evaluate() == chains("tk-other")
+
+
+def test_dagster_takes_a_source_change_seen_with_the_build_on_one_tick_as_handled(automation):
+    """Why the sensor waits (previous test): Dagster's eager condition, given a build and a later source
+    observation on the same evaluation, requests nothing (it orders them by materialization timestamps
+    only, and an observation has none). If Dagster starts ordering observations too, this fails and the
+    wait can go."""
+    automation.record_built("tk-other", version="2")
+    automation.instance.report_runless_asset_event(
+        dg.AssetObservation(asset_key=["tk-other", "source"], tags={DATA_VERSION_TAG: "sha256:changed"})
+    )
+    assert automation.evaluate() == set()
 
 
 def test_an_invalid_field_fails_the_tick_naming_file_and_field(automation):

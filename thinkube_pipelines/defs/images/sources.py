@@ -17,6 +17,10 @@ field, a lock that no longer matches its requirements) fails the tick with the l
 names the file and the field, and records nothing, so nothing is built; the next tick tries again. A
 change to the image graph itself (a folder added or removed, a parent changed) needs the code location
 reloaded, and the tick says so instead of building with the graph it loaded.
+
+A change is recorded only when the automation can see it as newer than the image's latest build: not
+while a run builds that image, and not between a build's end and the automation sensor's next completed
+evaluation (`images_waiting`; see `build_not_yet_evaluated` for why).
 """
 
 from __future__ import annotations
@@ -25,14 +29,17 @@ import atexit
 import contextlib
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import dagster as dg
 from dagster._core.definitions.data_version import DATA_VERSION_TAG
+from dagster._core.definitions.run_request import InstigatorType
+from dagster._core.scheduler.instigation import InstigatorStatus, TickStatus
 from pydantic import BaseModel, ValidationError
 
+from thinkube_pipelines.defs.images.automation import AUTOMATION_SENSOR
 from thinkube_pipelines.defs.images.keys import asset_key, observed_spec
 from thinkube_pipelines.images import ImageSet
 from thinkube_pipelines.images.git_source import GitRemote, GitSourceSettings
@@ -247,12 +254,72 @@ def images_being_built(instance: dg.DagsterInstance) -> frozenset[str]:
     )
 
 
+def last_automation_evaluation(instance: dg.DagsterInstance, runs_by_default: bool) -> float | None:
+    """When the latest completed tick of the automation sensor started, if that sensor runs (None: it is
+    stopped, or has never completed a tick, as in a process without Dagster's daemon)."""
+    running = {InstigatorStatus.RUNNING}
+    if runs_by_default:
+        running |= {InstigatorStatus.DECLARED_IN_CODE, InstigatorStatus.AUTOMATICALLY_RUNNING}
+    states = [
+        state
+        for state in instance.all_instigator_state(instigator_type=InstigatorType.SENSOR)
+        if state.instigator_name == AUTOMATION_SENSOR and state.status in running
+    ]
+    starts = [
+        tick.timestamp
+        for state in states
+        for tick in instance.get_ticks(
+            state.instigator_origin_id,
+            state.selector_id,
+            limit=1,
+            statuses=[TickStatus.SUCCESS, TickStatus.SKIPPED],
+        )
+    ]
+    return max(starts, default=None)
+
+
+def build_not_yet_evaluated(
+    instance: dg.DagsterInstance, names: frozenset[str], evaluated_at: float | None
+) -> frozenset[str]:
+    """The images of `names` whose latest build the automation sensor has not evaluated yet (it ended after
+    the start of the sensor's latest completed tick).
+
+    Dagster's eager condition decides between an asset's own update and a dependency's update seen on the
+    same evaluation by their timestamps, but for an unpartitioned asset it reads only materializations
+    (AssetGraphView.compute_subsets_by_latest_materialization_timestamp): an observed source's update has
+    none, so the asset's own update wins and the change would be taken as handled by the build that ended
+    before it. Recorded after the sensor's next tick, the change is the only update that tick sees."""
+    if evaluated_at is None:
+        return frozenset()
+    waiting = set()
+    for name in names:
+        built = instance.get_latest_materialization_event(asset_key(name, "build"))
+        if built is not None and built.timestamp >= evaluated_at:
+            waiting.add(name)
+    return frozenset(waiting)
+
+
+def images_waiting(
+    instance: dg.DagsterInstance, names: frozenset[str], automation_runs_by_default: bool
+) -> frozenset[str]:
+    """The images of `names` (changed ones) whose change the sensor does not record yet: being built, or
+    built since the automation last evaluated them."""
+    if not names:
+        return frozenset()
+    being_built = images_being_built(instance) & names
+    evaluated_at = last_automation_evaluation(instance, automation_runs_by_default)
+    return being_built | build_not_yet_evaluated(instance, names - being_built, evaluated_at)
+
+
 def source_tick(
-    source: ImageSource, images: ImageSet, cursor: SourceCursor, deferred: frozenset[str] = frozenset()
+    source: ImageSource,
+    images: ImageSet,
+    cursor: SourceCursor,
+    waiting: Callable[[frozenset[str]], frozenset[str]] = lambda names: frozenset(),
 ) -> tuple[list[dg.AssetObservation], SourceCursor | None, str]:
     """One look at the source: the observations to record, the cursor after them (None: keep it) and a
-    line saying what was seen; the changes of `deferred` images wait for a later tick. SourceChangeError
-    when the change cannot be built (nothing recorded)."""
+    line saying what was seen; the changes of the images `waiting` picks among the changed ones wait for
+    a later tick. SourceChangeError when the change cannot be built (nothing recorded)."""
     with source.look(cursor) as look:
         if look is None:
             return [], None, f"{source.describe()}: still at commit {(cursor.commit or '')[:12]}"
@@ -262,11 +329,15 @@ def source_tick(
             after = SourceCursor(hashes=cursor.hashes, commit=look.commit) if look.commit else None
             return [], after, f"no change in the {len(look.hashes)} image folders of {look.where}"
         check_loadable(look, images, changed, gone)
+        deferred = waiting(frozenset(d.name for d in images if d.folder.name in changed))
         events, after = source_observations(look, cursor, images, deferred)
-        waiting = sorted(deferred & {d.name for d in images if d.folder.name in changed})
+        waits = sorted(deferred)
         said = f"{look.where}: changed: {', '.join(changed) or 'none'}"
-        if waiting:
-            said += f"; recorded once the runs building them end: {', '.join(waiting)}"
+        if waits:
+            said += (
+                f"; recorded once their builds have ended and {AUTOMATION_SENSOR} has evaluated them: "
+                f"{', '.join(waits)}"
+            )
         return events, after, said
 
 
@@ -278,6 +349,7 @@ def image_sources_sensor(
     default_status: dg.DefaultSensorStatus,
 ) -> dg.SensorDefinition:
     """The sensor that observes the image folders (see the module's docstring)."""
+    runs_by_default = default_status == dg.DefaultSensorStatus.RUNNING
 
     @dg.sensor(
         name=SENSOR_NAME,
@@ -289,7 +361,12 @@ def image_sources_sensor(
     )
     def sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult | dg.SkipReason:
         cursor = SourceCursor.parse(context.cursor)
-        events, after, said = source_tick(source, images, cursor, images_being_built(context.instance))
+        events, after, said = source_tick(
+            source,
+            images,
+            cursor,
+            lambda names: images_waiting(context.instance, names, runs_by_default),
+        )
         if not events:
             if after is None:
                 return dg.SkipReason(said)
