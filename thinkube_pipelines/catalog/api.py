@@ -50,10 +50,8 @@ NO_JUPYTER_IMAGES = "No Jupyter images are available in the catalog"
 DATABASE_UNAVAILABLE = "The catalog database is unavailable"
 #: Requests that may wait for a database slot; one more is refused at once.
 MAX_WAITING = 64
-#: Seconds a request waits for a database slot before it is refused.
-MAX_WAIT_S = 3.0
-#: Seconds a piece of database work may take before the request is answered 503.
-WORK_TIMEOUT_S = 3.0
+#: Seconds a request's database part may take, its wait for a slot included, before it is answered 503.
+ANSWER_TIMEOUT_S = 3.0
 RETRY_AFTER_S = 1
 
 ImageNameParam = Annotated[
@@ -79,10 +77,11 @@ class Busy(Exception):
 class DatabaseGate:
     """Runs blocking database work on its own threads, never more at once than the pool has connections.
 
-    Waiting for a thread is bounded (MAX_WAIT_S, and at most MAX_WAITING waiters), and so is the work
-    itself (WORK_TIMEOUT_S): a database that hangs without closing its connections (a frozen server, a
-    partitioned network) answers 503 within seconds. Work that overruns keeps its thread, and its slot,
-    until the database lets it go, so the pool is never overcommitted.
+    One deadline (ANSWER_TIMEOUT_S) bounds the wait for a thread (with at most MAX_WAITING waiters) and
+    the work together: a database that hangs without closing its connections (a frozen server, a
+    partitioned network) is answered 503 within that time, also for a request that waited for a slot
+    first. Work that overruns keeps its thread, and its slot, until the database lets it go, so the pool
+    is never overcommitted.
     """
 
     def __init__(self, sessions: sessionmaker, slots: int = POOL_SIZE) -> None:
@@ -94,15 +93,16 @@ class DatabaseGate:
     async def run(self, work: Callable[..., T], *args: Any) -> T:
         if self._waiting >= MAX_WAITING:
             raise Busy
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + ANSWER_TIMEOUT_S
         self._waiting += 1
         try:
-            async with asyncio.timeout(MAX_WAIT_S):
+            async with asyncio.timeout_at(deadline):
                 await self._free.acquire()
         except TimeoutError:
             raise Busy from None
         finally:
             self._waiting -= 1
-        loop = asyncio.get_running_loop()
 
         def in_thread() -> T:
             try:
@@ -112,10 +112,10 @@ class DatabaseGate:
 
         done = loop.run_in_executor(self._executor, in_thread)
         try:
-            async with asyncio.timeout(WORK_TIMEOUT_S):
+            async with asyncio.timeout_at(deadline):
                 return await asyncio.shield(done)
         except TimeoutError:
-            log.error("catalog database did not answer within %s s", WORK_TIMEOUT_S)
+            log.error("catalog database did not answer within %s s", ANSWER_TIMEOUT_S)
             raise DatabaseTimeout from None
 
     async def in_session(self, work: Callable[..., T], *args: Any) -> T:
@@ -204,7 +204,7 @@ def create_app(settings: CatalogSettings | None = None) -> FastAPI:
             rows = store.read_all(session)
         return CatalogView(rows.generation, store.valid_items(rows.rows))
 
-    live = LiveView(refresh, gate.run, timeout_s=WORK_TIMEOUT_S)
+    live = LiveView(refresh, gate.run, timeout_s=ANSWER_TIMEOUT_S)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
