@@ -217,7 +217,9 @@ def test_dagster_dev_serves_the_graph_in_a_plain_shell(tmp_path):
     finally:
         os.killpg(process.pid, signal.SIGTERM)
         try:
-            process.wait(timeout=60)
+            # dagster dev waits up to 60 s for each of its webserver and daemon before it kills them and
+            # removes its temporary home: wait past that, or a slow shutdown under load leaves the home.
+            process.wait(timeout=150)
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
