@@ -1,5 +1,7 @@
 """Shared pytest configuration: real services are started by fixture plugins, one module per service."""
 
+import signal
+
 pytest_plugins = [
     "tests.fixtures.seaweedfs",
     "tests.fixtures.postgres",
@@ -16,3 +18,12 @@ pytest_plugins = [
     "tests.fixtures.image_stack",
     "tests.fixtures.git_server",
 ]
+
+
+def pytest_configure(config):
+    """Processes the tests start get Ctrl-C and SIGTERM as a user's terminal gives them. A run started as a
+    shell's background job (`make test &`, some CI runners) has SIGINT ignored, and every process it starts
+    would inherit that; `dagster dev`, which maps SIGTERM to its SIGINT handler, then ignored the tests'
+    SIGTERM and was killed without removing its temporary home."""
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)

@@ -183,14 +183,6 @@ def test_dagster_definitions_validate_works_in_a_plain_shell(tmp_path):
     assert "Validation successful for code location thinkube_pipelines" in result.stdout + result.stderr
 
 
-def interruptible() -> None:
-    """In the child before exec: Ctrl-C and SIGTERM as a user's terminal gives them. A test run started as a
-    shell's background job (CI runners, `cmd &`) has SIGINT ignored, and the child would inherit that:
-    `dagster dev` maps SIGTERM to its SIGINT handler, so it would ignore SIGTERM too and never clean up."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-
-
 def test_dagster_dev_serves_the_graph_in_a_plain_shell(tmp_path):
     port = free_port()
     homes_before = set(REPO.glob(".tmp_dagster_home_*"))  # left by an earlier run that was killed
@@ -204,7 +196,6 @@ def test_dagster_dev_serves_the_graph_in_a_plain_shell(tmp_path):
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             start_new_session=True,  # its own process group: stopped whole below, by its id
-            preexec_fn=interruptible,
         )
     try:
         query = "{ assetNodes { assetKey { path } } }"
